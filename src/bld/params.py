@@ -1,0 +1,112 @@
+"""One typed description of an edit's parameters.
+
+`EditParams` holds every knob of a Blended Latent Diffusion edit with its default, its valid range and
+a help line. The pipeline validates against it, the CLI builds its flags from it, the web app builds
+its controls from it, and each saved result carries it as metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+LatentMaskMode = Literal["any", "nearest"]
+BackgroundNoise = Literal["fixed", "fresh"]
+SchedulerName = Literal["ddim", "dpm++", "euler", "euler-a", "model"]
+
+
+def _param(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+           choices: tuple[str, ...] | None = None, flag: str | None = None) -> Any:
+    """A dataclass field whose metadata carries the range, the choices and the help line."""
+    meta = {"help": help, "low": low, "high": high, "choices": choices, "flag": flag}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class EditParams:
+    """Parameters of one edit. Defaults follow the paper's official SD 2.1 script (PAPER.md section 1)."""
+
+    prompt: str = _param("", "What the masked region should show.")
+    negative_prompt: str | None = _param(None, "What the masked region should not show.")
+    num_inference_steps: int = _param(50, "Diffusion steps of the full schedule.", low=1, high=1000,
+                                      flag="--steps")
+    guidance_scale: float | None = _param(
+        None, "Classifier-free guidance scale; 1 turns guidance off. Default: 7.5 for SD, 5.0 for SDXL.",
+        low=0.0, high=50.0, flag="--guidance")
+    skip_fraction: float = _param(
+        0.25, "Fraction of the schedule skipped before blending starts (the paper's blending_start_percentage).",
+        low=0.0, high=0.99)
+    num_images: int = _param(4, "Number of results.", low=1, high=64, flag="--num-results")
+    seed: int | None = _param(None, "Seed of the first result; result k uses seed + k. Default: random.",
+                              low=0, high=2**63 - 1)
+    invert_mask: bool = _param(False, "Edit outside the mask instead (background replacement).")
+    height: int | None = _param(None, "Height to edit at, a multiple of the VAE factor. Default: the input's, snapped.",
+                                low=8, high=4096)
+    width: int | None = _param(None, "Width to edit at, a multiple of the VAE factor. Default: the input's, snapped.",
+                               low=8, high=4096)
+    latent_mask_mode: LatentMaskMode = _param(
+        "any", "Mask downsampling: 'any' keeps every latent cell the mask touches; 'nearest' is the paper's.",
+        choices=("any", "nearest"))
+    background_noise: BackgroundNoise = _param(
+        "fixed", "Noise for the background: 'fixed' (one noise, as diffusers) or 'fresh' each step (official code).",
+        choices=("fixed", "fresh"))
+    scheduler: SchedulerName = _param(
+        "ddim", "Sampler: ddim, dpm++, euler, euler-a, or 'model' for the one saved with the model.",
+        choices=("ddim", "dpm++", "euler", "euler-a", "model"))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EditParams:
+        """Build from a dict, refusing unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown edit parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+def check_range(name: str, value: Any, low: float | None, high: float | None) -> None:
+    """Raise ValueError naming `name` when `value` lies outside [low, high]."""
+    if low is not None and value < low or high is not None and value > high:
+        raise ValueError(f"{name}={value!r} is out of range: it must lie in [{low}, {high}]")
+
+
+def validate(params: EditParams) -> None:
+    """Check every field against its declared type, range and choices."""
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        meta = f.metadata
+        if value is None:
+            continue
+        if meta["choices"] is not None:
+            if value not in meta["choices"]:
+                raise ValueError(f"{f.name}={value!r} is not one of {', '.join(meta['choices'])}")
+            continue
+        if f.name in ("prompt", "negative_prompt"):
+            if not isinstance(value, str):
+                raise ValueError(f"{f.name} must be a string, got {type(value).__name__}")
+            continue
+        if isinstance(f.default, bool) or f.name == "invert_mask":
+            if not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be true or false, got {value!r}")
+            continue
+        numeric = (int,) if "int" in str(f.type) else (int, float)
+        if isinstance(value, bool) or not isinstance(value, numeric):
+            kind = "an integer" if numeric == (int,) else "a number"
+            raise ValueError(f"{f.name} must be {kind}, got {value!r}")
+        if value != value:  # NaN
+            raise ValueError(f"{f.name} must be a number, got NaN")
+        check_range(f.name, value, meta["low"], meta["high"])
+
+
+DEFAULTS = EditParams()

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny pipelines built in code, a test image and masks."""
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from bld import BlendedLatentDiffusionPipeline, BlendedLatentDiffusionXLPipeline
+from bld.tiny_models import tiny_sd_components, tiny_sdxl_components
+
+SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def sd_pipe(tmp_path_factory):
+    pipe = BlendedLatentDiffusionPipeline(**tiny_sd_components(tokenizer_dir=tmp_path_factory.mktemp("tok")))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def sdxl_pipe(tmp_path_factory):
+    pipe = BlendedLatentDiffusionXLPipeline(**tiny_sdxl_components(tokenizer_dir=tmp_path_factory.mktemp("tokxl")))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(params=["sd", "sdxl"])
+def pipe(request, sd_pipe, sdxl_pipe):
+    return sd_pipe if request.param == "sd" else sdxl_pipe
+
+
+def make_image(size=(SIZE, SIZE), seed=0) -> PIL.Image.Image:
+    """A smooth colorful image (gradients plus a square), width x height = size."""
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w] / max(w, h)
+    rgb = np.stack([x, y, 0.5 + 0.5 * np.sin(6 * x + seed)], axis=-1)
+    rgb[h // 4: h // 2, w // 4: w // 2] = [0.9, 0.1, 0.1]
+    return PIL.Image.fromarray((rgb * 255).astype(np.uint8))
+
+
+def make_mask(size=(SIZE, SIZE), box=(16, 16, 40, 48)) -> PIL.Image.Image:
+    """White box (left, top, right, bottom) on black."""
+    m = np.zeros((size[1], size[0]), np.uint8)
+    left, top, right, bottom = box
+    m[top:bottom, left:right] = 255
+    return PIL.Image.fromarray(m)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def image():
+    return make_image()
+
+
+@pytest.fixture
+def mask():
+    return make_mask()

@@ -1,0 +1,60 @@
+"""The pure functions of the method (PAPER.md section 1)."""
+
+import pytest
+import torch
+
+from bld.blending import binarize_mask, blend, latent_mask, num_skipped_steps
+
+
+def test_binarize_thresholds_at_half():
+    soft = torch.tensor([0.0, 0.49, 0.5, 0.51, 1.0])
+    assert binarize_mask(soft).tolist() == [0, 0, 1, 1, 1]
+
+
+def thin_line(offset: int) -> torch.Tensor:
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., :, offset] = 1  # a vertical line one pixel wide
+    return mask
+
+
+@pytest.mark.parametrize("offset", [0, 3, 7, 13])
+def test_any_mode_keeps_a_one_pixel_line(offset):
+    lm = latent_mask(thin_line(offset), (8, 8), "any")
+    assert lm[0, 0, :, offset // 8].eq(1).all()
+    assert lm.sum() == 8
+
+
+def test_nearest_mode_drops_a_line_between_samples():
+    # nearest samples pixel 8k of every 8x8 cell: a line at column 3 falls between samples
+    assert latent_mask(thin_line(3), (8, 8), "nearest").sum() == 0
+    assert latent_mask(thin_line(8), (8, 8), "nearest").sum() == 8
+
+
+def test_nearest_matches_diffusers_interpolation():
+    mask = (torch.rand(1, 1, 64, 48, generator=torch.Generator().manual_seed(0)) > 0.7).float()
+    expected = torch.nn.functional.interpolate(mask, size=(8, 6))
+    assert torch.equal(latent_mask(mask, (8, 6), "nearest"), expected)
+
+
+def test_any_mode_is_a_superset_of_nearest():
+    mask = (torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1)) > 0.95).float()
+    any_mask, nearest = latent_mask(mask, (8, 8), "any"), latent_mask(mask, (8, 8), "nearest")
+    assert (any_mask >= nearest).all()
+    assert any_mask.sum() > nearest.sum()
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="'bilinear' is not one of any, nearest"):
+        latent_mask(thin_line(0), (8, 8), "bilinear")
+
+
+@pytest.mark.parametrize("steps,fraction,skipped", [(50, 0.25, 12), (4, 0.25, 1), (10, 0.0, 0), (50, 0.99, 49)])
+def test_skipped_steps_follow_the_official_rounding(steps, fraction, skipped):
+    assert num_skipped_steps(steps, fraction) == skipped
+
+
+def test_blend_takes_foreground_inside_and_background_outside():
+    fg, bg = torch.full((1, 4, 2, 2), 5.0), torch.full((1, 4, 2, 2), -3.0)
+    mask = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    out = blend(fg, bg, mask)
+    assert out[0, :, 0, 0].eq(5).all() and out[0, :, 0, 1].eq(-3).all()
