@@ -1,10 +1,24 @@
-"""bld: text-driven local image editing with Blended Latent Diffusion."""
+"""bld: text-driven local image editing with Blended Latent Diffusion.
+
+The pipelines load lazily, so `import bld` and the CLI's --help stay fast.
+"""
 
 from .params import EditParams
-from .pipeline import BlendedLatentDiffusionPipeline
-from .pipeline_xl import BlendedLatentDiffusionXLPipeline
-from .sampling import BlendedLatentDiffusionPipelineOutput
 
 __version__ = "0.1.0"
 __all__ = ["BlendedLatentDiffusionPipeline", "BlendedLatentDiffusionXLPipeline",
            "BlendedLatentDiffusionPipelineOutput", "EditParams", "__version__"]
+
+_LAZY = {
+    "BlendedLatentDiffusionPipeline": ".pipeline",
+    "BlendedLatentDiffusionXLPipeline": ".pipeline_xl",
+    "BlendedLatentDiffusionPipelineOutput": ".sampling",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'bld' has no attribute {name!r}")

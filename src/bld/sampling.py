@@ -98,9 +98,6 @@ class BlendedLatentMixin:
             raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
         if image is None or mask_image is None:
             raise ValueError("both image and mask_image are required")
-        if params.num_inference_steps - num_skipped_steps(params.num_inference_steps, params.skip_fraction) < 1:
-            raise ValueError(f"skip_fraction={params.skip_fraction} with num_inference_steps="
-                             f"{params.num_inference_steps} leaves no step to run; lower skip_fraction")
         for name in ("height", "width"):
             value = getattr(params, name)
             if value is not None and value % self.vae_scale_factor:
@@ -118,6 +115,10 @@ class BlendedLatentMixin:
         if (hm, wm) != (h0, w0) and abs(hm / wm - h0 / w0) > 0.01 * (h0 / w0):
             raise ValueError(f"mask is {wm}x{hm} but image is {w0}x{h0}: they must have the same aspect ratio")
         factor = self.vae_scale_factor
+        if height is None and width is not None:
+            height = snap(round(h0 * width / w0), factor)
+        if width is None and height is not None:
+            width = snap(round(w0 * height / h0), factor)
         height = height or snap(h0, factor)
         width = width or snap(w0, factor)
         if min(height, width) < self.min_side * factor:

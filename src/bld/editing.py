@@ -1,0 +1,68 @@
+"""Run an edit from EditParams: one seed per result, and the metadata each saved result carries."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+from dataclasses import dataclass
+
+import PIL.Image
+import torch
+
+from . import __version__
+from .params import EditParams
+
+METADATA_KEY = "bld"
+
+
+@dataclass
+class EditResult:
+    image: PIL.Image.Image
+    seed: int
+    index: int
+
+
+def with_seed(params: EditParams) -> EditParams:
+    """The params with a concrete seed: the given one, or a fresh random one to record."""
+    return params if params.seed is not None else dataclasses.replace(params, seed=secrets.randbelow(2**31))
+
+
+def result_seeds(params: EditParams) -> list[int]:
+    """Result k uses seed + k, so any result can be remade alone with num_images=1."""
+    return [params.seed + k for k in range(params.num_images)]
+
+
+def run_edit(pipe, image, mask, params: EditParams, callback_on_step_end=None) -> list[EditResult]:
+    """Edit `image` inside `mask` (both PIL) with a pipeline; `params.seed` must be set (see with_seed).
+
+    Each result has its own CPU generator, so results do not depend on the device or the batch size.
+    """
+    if params.seed is None:
+        raise ValueError("run_edit needs params with a seed: call with_seed(params) first")
+    seeds = result_seeds(params)
+    images = pipe(
+        params.prompt, image, mask,
+        num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
+        skip_fraction=params.skip_fraction, negative_prompt=params.negative_prompt,
+        num_images_per_prompt=params.num_images, generator=[torch.Generator().manual_seed(s) for s in seeds],
+        invert_mask=params.invert_mask, height=params.height, width=params.width,
+        latent_mask_mode=params.latent_mask_mode, background_noise=params.background_noise,
+        callback_on_step_end=callback_on_step_end,
+    ).images
+    return [EditResult(img, seed, k) for k, (img, seed) in enumerate(zip(images, seeds))]
+
+
+def result_metadata(params: EditParams, result: EditResult, model: str) -> dict[str, str]:
+    """PNG text chunks: the full parameters with this result's own seed, the model and the bld version."""
+    own = dataclasses.replace(params, seed=result.seed, num_images=1)
+    record = {"params": own.to_dict(), "batch_seed": params.seed, "index": result.index, "model": model,
+              "bld_version": __version__}
+    return {METADATA_KEY: json.dumps(record, sort_keys=True), "prompt": params.prompt}
+
+
+def params_from_metadata(text_chunks: dict[str, str]) -> EditParams:
+    """The EditParams that remake one saved result (its own seed, one image)."""
+    if METADATA_KEY not in text_chunks:
+        raise ValueError("this PNG carries no bld parameters")
+    return EditParams.from_dict(json.loads(text_chunks[METADATA_KEY])["params"])

@@ -1,0 +1,101 @@
+"""Load a blended pipeline for a model name, a local diffusers folder or a Hub id; choose device and dtype."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from .image_io import InputError
+from .pipeline import BlendedLatentDiffusionPipeline
+from .pipeline_xl import BlendedLatentDiffusionXLPipeline
+from .schedulers import make_scheduler
+
+TINY_RANDOM = "tiny-random"
+BUNDLED_MODEL_DIR = Path(__file__).parent / "bundled_model"
+
+Pipeline = BlendedLatentDiffusionPipeline | BlendedLatentDiffusionXLPipeline
+
+
+def default_model() -> str:
+    """The bundled model when the package ships one, else the tiny random components."""
+    return str(BUNDLED_MODEL_DIR) if (BUNDLED_MODEL_DIR / "model_index.json").is_file() else TINY_RANDOM
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda, then mps, then cpu; anything else is checked against what this machine has."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} asked for but this PyTorch sees no CUDA GPU: use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' -> float16 on CUDA, float32 elsewhere."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in dtypes:
+        raise InputError(f"unknown dtype {name!r}: use auto, {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+def pipeline_class_for(model: str) -> type[Pipeline]:
+    """The SD or SDXL pipeline class, from the model's model_index.json (a local folder or the Hub)."""
+    folder = Path(model)
+    if folder.is_file():
+        raise InputError(f"model {model!r} is a single file; bld loads diffusers folders: convert it with "
+                         f"diffusers' StableDiffusionPipeline.from_single_file(...).save_pretrained(folder)")
+    if folder.is_dir():
+        index_file = folder / "model_index.json"
+        if not index_file.is_file():
+            raise InputError(f"model folder {model!r} has no model_index.json: it is not a diffusers model folder")
+        index = json.loads(index_file.read_text())
+    else:
+        from diffusers import DiffusionPipeline
+
+        try:
+            index = DiffusionPipeline.load_config(model)
+        except Exception as exc:  # offline, unknown id, gated repo: all mean "cannot get it"
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"cannot load model {model!r}: it is not a local folder and the Hugging Face Hub "
+                             f"did not provide it ({reason[:160]})") from None
+    is_xl = "text_encoder_2" in index or "XL" in str(index.get("_class_name", ""))
+    return BlendedLatentDiffusionXLPipeline if is_xl else BlendedLatentDiffusionPipeline
+
+
+def load_pipeline(model: str | None = None, *, device: str = "auto", dtype: str = "auto",
+                  scheduler: str = "ddim") -> Pipeline:
+    """Load `model` (None: the default model) on `device` in `dtype` with the named scheduler."""
+    model = model or default_model()
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    if model == TINY_RANDOM:
+        from .tiny_models import tiny_sd_components
+
+        pipe = BlendedLatentDiffusionPipeline(**tiny_sd_components(tokenizer_dir=tempfile.mkdtemp(prefix="bld-")))
+    else:
+        cls = pipeline_class_for(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                pipe = cls.from_pretrained(model, torch_dtype=torch_dtype)
+            except (OSError, ValueError, EnvironmentError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise InputError(f"cannot load model {model!r}: {reason[:200]}") from None
+    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)
+    if pipe.unet.dtype != torch_dtype:
+        pipe = pipe.to(dtype=torch_dtype)
+    return pipe.to(torch_device)

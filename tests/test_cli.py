@@ -1,0 +1,181 @@
+"""The `bld` command: outputs, metadata, reproducible seeds, and one-line errors for bad input."""
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from bld.cli import main
+from bld.editing import params_from_metadata
+from bld.image_io import read_png_metadata
+from conftest import make_image, make_mask
+
+FAST = ["--steps", "4", "--num-results", "2", "--seed", "11"]
+
+
+@pytest.fixture
+def files(tmp_path):
+    image, mask = tmp_path / "image.png", tmp_path / "mask.png"
+    make_image().save(image)
+    make_mask().save(mask)
+    return tmp_path, str(image), str(mask)
+
+
+def run(capsys, *argv):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse's usage errors
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, pattern):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("bld: error:")]
+    assert len(lines) == 1, err
+    assert pattern in lines[0], lines[0]
+
+
+def test_edit_writes_numbered_pngs_with_their_parameters(files, capsys):
+    folder, image, mask = files
+    code, out, _ = run(capsys, "edit", image, mask, "a red star", "-o", folder / "out.png", *FAST, "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert [o["seed"] for o in summary["outputs"]] == [11, 12]
+    for k, output in enumerate(summary["outputs"]):
+        assert output["path"].endswith(f"out-{k + 1}.png")
+        saved = PIL.Image.open(output["path"])
+        assert saved.size == (64, 64)
+        params = params_from_metadata(read_png_metadata(output["path"]))
+        assert (params.seed, params.num_images, params.prompt) == (11 + k, 1, "a red star")
+        assert params.guidance_scale == 7.5 and params.num_inference_steps == 4
+
+
+def test_any_result_can_be_remade_alone_from_its_seed(files, capsys):
+    folder, image, mask = files
+    run(capsys, "edit", image, mask, "a red star", "-o", folder / "batch.png", *FAST)
+    code, _, _ = run(capsys, "edit", image, mask, "a red star", "-o", folder / "alone.png",
+                     "--steps", "4", "--num-results", "1", "--seed", "12")
+    assert code == 0
+    batch_second = np.asarray(PIL.Image.open(folder / "batch-2.png"), dtype=int)
+    alone = np.asarray(PIL.Image.open(folder / "alone.png"), dtype=int)
+    assert np.abs(batch_second - alone).max() <= 1
+
+
+def test_existing_output_is_kept_unless_overwrite(files, capsys):
+    folder, image, mask = files
+    target = folder / "out.png"
+    target.write_bytes(b"precious")
+    code, _, err = run(capsys, "edit", image, mask, "x", "-o", target, "--steps", "4", "--num-results", "1")
+    assert_one_line_error(code, err, "already exists: pass --overwrite")
+    assert target.read_bytes() == b"precious"
+    code, _, _ = run(capsys, "edit", image, mask, "x", "-o", target, "--steps", "4", "--num-results", "1",
+                     "--overwrite")
+    assert code == 0 and PIL.Image.open(target).size == (64, 64)
+
+
+def test_inverted_mask_flag(files, capsys):
+    folder, image, mask = files
+    code, _, _ = run(capsys, "edit", image, mask, "stripes", "-o", folder / "bg.png", "--invert-mask",
+                     "--steps", "4", "--num-results", "1")
+    assert code == 0
+    assert params_from_metadata(read_png_metadata(folder / "bg.png")).invert_mask is True
+
+
+def test_demo_writes_a_grid_and_refuses_to_overwrite(tmp_path, capsys):
+    code, out, err = run(capsys, "demo", "-o", tmp_path / "demo", "--json")
+    assert code == 0
+    names = {p.rsplit("/", 1)[-1] for p in (o["path"] for o in json.loads(out)["outputs"])}
+    assert {"input.png", "mask.png", "grid.png", "result-1.png", "result-4.png"} <= names
+    assert "tiny random components" in err
+    grid = PIL.Image.open(tmp_path / "demo" / "grid.png")
+    assert grid.width > 3 * 128
+    code, _, err = run(capsys, "demo", "-o", tmp_path / "demo")
+    assert_one_line_error(code, err, "already exists: pass --overwrite")
+
+
+def test_local_model_folder_is_loaded(files, capsys, sd_pipe):
+    folder, image, mask = files
+    sd_pipe.save_pretrained(folder / "model")
+    code, out, _ = run(capsys, "edit", image, mask, "x", "-o", folder / "m.png", "--model", folder / "model",
+                       "--steps", "4", "--num-results", "1", "--json")
+    assert code == 0 and json.loads(out)["model"] == str(folder / "model")
+
+
+def bad_file(folder, name, content):
+    path = folder / name
+    path.write_bytes(content) if isinstance(content, bytes) else content.save(path)
+    return path
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("not_an_image", "not an image file"),
+    ("missing", "does not exist"),
+    ("aspect", "aspect ratio"),
+    ("empty_mask", "mask is empty: nothing to edit"),
+    ("full_mask", "mask covers the whole image"),
+    ("inverted_full_mask", "mask is empty: nothing to edit; paint the region to change in white (the mask was inverted)"),
+    ("steps", "num_inference_steps=0 is out of range"),
+    ("guidance", "guidance_scale=-2.0 is out of range"),
+    ("skip", "skip_fraction=1.0 is out of range"),
+    ("width", "width=65 must be a multiple of 2"),
+    ("jpg_output", "must end in .png"),
+    ("missing_folder", "does not exist: create it"),
+    ("model_folder", "has no model_index.json"),
+    ("model_file", "is a single file"),
+    ("tiny_image", "each side must be at least"),
+    ("huge_for_editing", "pass --width"),
+    ("bad_choice", "invalid choice"),
+    ("bad_device", "unknown device"),
+])
+def test_bad_input_gets_one_line_and_no_output(files, capsys, case, pattern):
+    folder, image, mask = files
+    out = folder / "result.png"
+    extra = ["--steps", "4", "--num-results", "1"]
+    if case == "not_an_image":
+        image = bad_file(folder, "notes.png", b"hello, not a picture")
+    elif case == "missing":
+        image = folder / "nope.png"
+    elif case == "aspect":
+        mask = bad_file(folder, "wide.png", make_mask((128, 64)))
+    elif case == "empty_mask":
+        mask = bad_file(folder, "empty.png", PIL.Image.new("L", (64, 64), 0))
+    elif case in ("full_mask", "inverted_full_mask"):
+        mask = bad_file(folder, "full.png", PIL.Image.new("L", (64, 64), 255))
+        extra += ["--invert-mask"] if case == "inverted_full_mask" else []
+    elif case == "steps":
+        extra = ["--steps", "0"]
+    elif case == "guidance":
+        extra += ["--guidance", "-2"]
+    elif case == "skip":
+        extra += ["--skip-fraction", "1"]
+    elif case == "width":
+        extra += ["--width", "65"]
+    elif case == "jpg_output":
+        out = folder / "result.jpg"
+    elif case == "missing_folder":
+        out = folder / "no" / "result.png"
+    elif case == "model_folder":
+        (folder / "not_a_model").mkdir()
+        extra += ["--model", folder / "not_a_model"]
+    elif case == "model_file":
+        extra += ["--model", bad_file(folder, "weights.safetensors", b"\0" * 16)]
+    elif case == "tiny_image":
+        image = bad_file(folder, "tiny.png", make_image((4, 4)))
+        mask = bad_file(folder, "tinymask.png", make_mask((4, 4), box=(1, 1, 3, 3)))
+    elif case == "huge_for_editing":
+        image = bad_file(folder, "big.png", PIL.Image.new("RGB", (3000, 2000), "gray"))
+        mask = bad_file(folder, "bigmask.png", make_mask((3000, 2000), box=(10, 10, 500, 500)))
+    elif case == "bad_choice":
+        extra += ["--latent-mask-mode", "bilinear"]
+    elif case == "bad_device":
+        extra += ["--device", "tpu9"]
+    code, _, err = run(capsys, "edit", image, mask, "a red star", "-o", out, *extra)
+    if case == "bad_choice":  # argparse's own message, made one line
+        assert code == 2 and pattern in err and len(err.strip().splitlines()) == 1
+    else:
+        assert_one_line_error(code, err, pattern)
+    assert not out.exists()
+    assert not list(folder.glob("*.tmp"))
