@@ -32,3 +32,22 @@ def num_skipped_steps(num_inference_steps: int, skip_fraction: float) -> int:
 def blend(foreground: torch.Tensor, background: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """z = z_fg * m + z_bg * (1 - m): keep the denoised latent inside the mask, the source outside."""
     return (1 - mask) * background + mask * foreground
+
+
+def dilate(mask: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Binary dilation of a (B, 1, h, w) mask with a square kernel of odd side `kernel`."""
+    return F.max_pool2d(mask, kernel_size=kernel, stride=1, padding=kernel // 2)
+
+
+def shrinking_masks(mask: torch.Tensor, iterations: int) -> list[torch.Tensor]:
+    """Progressive mask shrinking (PAPER.md section 3): N dilations with kernels 3 + 2i, largest first,
+    then the original mask. N = 0 gives [mask]."""
+    return [dilate(mask, 3 + 2 * i) for i in reversed(range(iterations))] + [mask]
+
+
+def phase_of_step(step: int, num_steps: int, num_phases: int) -> int:
+    """Index of the mask used at `step` when `num_phases` masks share the steps in equal phases;
+    the last step always uses the last (original) mask."""
+    if step == num_steps - 1:
+        return num_phases - 1
+    return min(num_phases - 1, step * num_phases // num_steps)

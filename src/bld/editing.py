@@ -48,6 +48,7 @@ def run_edit(pipe, image, mask, params: EditParams, callback_on_step_end=None) -
         num_images_per_prompt=params.num_images, generator=[torch.Generator().manual_seed(s) for s in seeds],
         invert_mask=params.invert_mask, height=params.height, width=params.width,
         latent_mask_mode=params.latent_mask_mode, background_noise=params.background_noise,
+        mask_dilation_iterations=params.mask_dilation_iterations,
         callback_on_step_end=callback_on_step_end,
     ).images
     return [EditResult(img, seed, k) for k, (img, seed) in enumerate(zip(images, seeds))]

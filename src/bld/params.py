@@ -46,6 +46,9 @@ class EditParams:
                                 low=8, high=4096)
     width: int | None = _param(None, "Width to edit at, a multiple of the VAE factor. Default: the input's, snapped.",
                                low=8, high=4096)
+    mask_dilation_iterations: int = _param(
+        0, "Progressive mask shrinking for thin masks: N dilations (kernels 3+2i), largest first; 0 = off.",
+        low=0, high=10, flag="--shrink-mask")
     latent_mask_mode: LatentMaskMode = _param(
         "any", "Mask downsampling: 'any' keeps every latent cell the mask touches; 'nearest' is the paper's.",
         choices=("any", "nearest"))

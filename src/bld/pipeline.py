@@ -40,6 +40,7 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         height: int | None = None,
         width: int | None = None,
         latent_mask_mode: str = DEFAULTS.latent_mask_mode,
+        mask_dilation_iterations: int = DEFAULTS.mask_dilation_iterations,
         background_noise: str = DEFAULTS.background_noise,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -52,14 +53,15 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         model and the results are restored to it. mask_image: same size (or aspect ratio), white = edit,
         soft values thresholded at 0.5. skip_fraction: share of the schedule skipped before blending
         starts. latent_mask_mode: 'any' (keep every latent cell the mask touches) or 'nearest' (the
-        paper's). background_noise: 'fixed' (one noise, as diffusers) or 'fresh' (new noise every step).
+        paper's). mask_dilation_iterations: progressive shrinking for thin masks (0 = off). background_noise: 'fixed' (one noise, as diffusers) or 'fresh' (new noise every step).
         generator: one, or one per result to make each result reproducible on its own.
         Returns BlendedLatentDiffusionPipelineOutput with `images` (PIL by default).
         """
         params, guidance_scale, batch_size = self.resolve_settings(
             prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             skip_fraction=skip_fraction, num_images=num_images_per_prompt, invert_mask=invert_mask,
-            height=height, width=width, latent_mask_mode=latent_mask_mode, background_noise=background_noise)
+            height=height, width=width, latent_mask_mode=latent_mask_mode, background_noise=background_noise,
+            mask_dilation_iterations=mask_dilation_iterations)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 
@@ -93,6 +95,7 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
 
         latents = self.blended_denoise(z0, mask, timesteps, predict_noise, generator,
                                        fresh_noise=background_noise == "fresh",
+                                       mask_dilation_iterations=mask_dilation_iterations,
                                        callback_on_step_end=callback_on_step_end)
 
         # 7. Decode and restore the input's size

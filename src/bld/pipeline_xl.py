@@ -36,6 +36,7 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
         height: int | None = None,
         width: int | None = None,
         latent_mask_mode: str = DEFAULTS.latent_mask_mode,
+        mask_dilation_iterations: int = DEFAULTS.mask_dilation_iterations,
         background_noise: str = DEFAULTS.background_noise,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -48,7 +49,8 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
         params, guidance_scale, batch_size = self.resolve_settings(
             prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             skip_fraction=skip_fraction, num_images=num_images_per_prompt, invert_mask=invert_mask,
-            height=height, width=width, latent_mask_mode=latent_mask_mode, background_noise=background_noise)
+            height=height, width=width, latent_mask_mode=latent_mask_mode, background_noise=background_noise,
+            mask_dilation_iterations=mask_dilation_iterations)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 
@@ -94,6 +96,7 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
 
         latents = self.blended_denoise(z0, mask, timesteps, predict_noise, generator,
                                        fresh_noise=background_noise == "fresh",
+                                       mask_dilation_iterations=mask_dilation_iterations,
                                        callback_on_step_end=callback_on_step_end)
 
         # 8. Decode and restore the input's size

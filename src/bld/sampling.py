@@ -15,7 +15,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .blending import binarize_mask, blend, latent_mask, num_skipped_steps
+from .blending import binarize_mask, blend, latent_mask, num_skipped_steps, phase_of_step, shrinking_masks
 from .params import EditParams
 
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -188,17 +188,20 @@ class BlendedLatentMixin:
 
     def blended_denoise(self, z0: torch.Tensor, mask: torch.Tensor, timesteps: torch.Tensor,
                         predict_noise: NoisePredictor, generator, fresh_noise: bool,
-                        callback_on_step_end=None) -> torch.Tensor:
+                        mask_dilation_iterations: int = 0, callback_on_step_end=None) -> torch.Tensor:
         """The blended sampling loop (PAPER.md section 1).
 
         Starts from the source noised to the first kept timestep; after each scheduler step keeps the
         denoised latent inside the mask and the source noised to the next timestep outside it; the
         last step blends with the clean source, so outside the mask the result is z0 exactly.
+        With mask_dilation_iterations N > 0 the mask shrinks progressively from its largest dilation to
+        itself in N + 1 equal phases (section 3).
         z0: (B, C, h, w) source latents; mask: (B, 1, h, w) in {0, 1}.
         """
         def draw_noise() -> torch.Tensor:
             return randn_tensor(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
 
+        masks = shrinking_masks(mask, mask_dilation_iterations)
         noise = draw_noise()
         latents = self.scheduler.add_noise(z0, noise, timesteps[:1])
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
@@ -213,9 +216,11 @@ class BlendedLatentMixin:
                     if fresh_noise:
                         noise = draw_noise()
                     background = self.scheduler.add_noise(z0, noise, timesteps[i + 1:i + 2])
-                latents = blend(latents, background, mask)
+                step_mask = masks[phase_of_step(i, len(timesteps), len(masks))]
+                latents = blend(latents, background, step_mask)
                 if callback_on_step_end is not None:
-                    latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
+                    state = {"latents": latents, "mask": step_mask}
+                    latents = callback_on_step_end(self, i, t, state).get("latents", latents)
                 progress_bar.update()
                 if self._interrupt:
                     break
