@@ -146,7 +146,7 @@ class ClipScorer:
         return F.normalize(torch.cat(chunks), dim=-1)
 
     def score(self, images: Sequence[Any], prompt: str, mask: Any) -> list[float]:
-        """Cosine similarity in [-1, 1] of `prompt` and each image with everything outside `mask` black (None: no mask)."""
+        """CLIP cosine in [-1, 1] of `prompt` and each image with everything outside `mask` black (None: no mask)."""
         images = list(images)
         if not images:
             return []
