@@ -87,8 +87,13 @@ def test_inverted_mask_flag(files, capsys):
 def test_demo_writes_a_grid_and_refuses_to_overwrite(tmp_path, capsys):
     code, out, err = run(capsys, "demo", "-o", tmp_path / "demo", "--json")
     assert code == 0
-    names = {p.rsplit("/", 1)[-1] for p in (o["path"] for o in json.loads(out)["outputs"])}
-    assert {"input.png", "mask.png", "grid.png", "result-1.png", "result-4.png"} <= names
+    summary = json.loads(out)
+    names = {p.name for p in (tmp_path / "demo").iterdir()}
+    assert names == {"input.png", "mask.png", "grid.png", "result-1.png", "result-2.png", "result-3.png",
+                     "result-4.png"}
+    scores = [o["score"] for o in summary["outputs"]]
+    assert scores == sorted(scores, reverse=True)  # ranked best first
+    assert all(o["metrics"]["background_psnr"] == "inf" for o in summary["outputs"])  # pixel reconstruction
     assert "tiny random components" in err
     grid = PIL.Image.open(tmp_path / "demo" / "grid.png")
     assert grid.width > 3 * 128
@@ -179,3 +184,53 @@ def test_bad_input_gets_one_line_and_no_output(files, capsys, case, pattern):
         assert_one_line_error(code, err, pattern)
     assert not out.exists()
     assert not list(folder.glob("*.tmp"))
+
+
+def test_edit_summary_has_scores_and_metrics_and_ranks_best_first(files, capsys):
+    folder, image, mask = files
+    code, out, _ = run(capsys, "edit", image, mask, "a red star", "-o", folder / "r.png", "--steps", "4",
+                       "--num-results", "3", "--seed", "5", "--reconstruction", "none", "--json")
+    assert code == 0
+    outputs = json.loads(out)["outputs"]
+    scores = [o["score"] for o in outputs]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) == 3
+    assert sorted(o["seed"] for o in outputs) == [5, 6, 7]
+    for o in outputs:
+        assert set(o["metrics"]) == {"background_psnr", "background_ssim", "edge_delta_e", "text_match"}
+        assert isinstance(o["metrics"]["background_psnr"], float)  # no reconstruction: the VAE drifts
+        assert params_from_metadata(read_png_metadata(o["path"])).seed == o["seed"]
+
+
+def test_no_rank_keeps_generation_order(files, capsys):
+    folder, image, mask = files
+    code, out, _ = run(capsys, "edit", image, mask, "a red star", "-o", folder / "n.png", "--steps", "4",
+                       "--num-results", "3", "--seed", "5", "--no-rank", "--json")
+    assert code == 0
+    assert [o["seed"] for o in json.loads(out)["outputs"]] == [5, 6, 7]
+    assert all(o["score"] is None for o in json.loads(out)["outputs"])
+
+
+def test_reconstruct_command_pastes_the_original_background(files, capsys):
+    folder, image, mask = files
+    run(capsys, "edit", image, mask, "a red star", "-o", folder / "raw.png", "--steps", "4", "--num-results", "1",
+        "--reconstruction", "none")
+    code, out, _ = run(capsys, "reconstruct", image, mask, folder / "raw.png", "-o", folder / "fixed.png",
+                       "--method", "pixel", "--json")
+    assert code == 0
+    original = np.asarray(PIL.Image.open(image))
+    fixed = np.asarray(PIL.Image.open(folder / "fixed.png"))
+    outside = np.asarray(PIL.Image.open(mask)) < 128
+    assert np.array_equal(fixed[outside], original[outside])
+    assert json.loads(out)["outputs"][0]["metrics"]["background_psnr"] == "inf"
+    metadata = read_png_metadata(folder / "fixed.png")
+    assert json.loads(metadata["bld_reconstruction"])["method"] == "pixel"
+    assert params_from_metadata(metadata).prompt == "a red star"  # the edit's parameters carried over
+
+
+def test_reconstruct_refuses_a_result_of_another_size(files, capsys):
+    folder, image, mask = files
+    make_image((32, 32)).save(folder / "small.png")
+    code, _, err = run(capsys, "reconstruct", image, mask, folder / "small.png", "-o", folder / "x.png",
+                       "--method", "pixel")
+    assert_one_line_error(code, err, "must have the same size")
+    assert not (folder / "x.png").exists()

@@ -24,6 +24,7 @@ STEPS, SKIP = 8, 0.25
 def run_both(pipe, image, mask, **kwargs):
     ours = pipe("a red star", image, mask, num_inference_steps=STEPS, skip_fraction=SKIP,
                 latent_mask_mode="nearest", num_images_per_prompt=2, generator=gen(3), output_type="np",
+                reconstruction="none",
                 **kwargs).images
     reference = StableDiffusionInpaintPipeline(**pipe.components)
     reference.set_progress_bar_config(disable=True)

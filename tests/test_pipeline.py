@@ -176,3 +176,70 @@ def test_a_thin_mask_survives_in_any_mode_and_is_refused_in_nearest(sd_pipe, ima
     assert latents.shape[0] == 1
     with pytest.raises(ValueError, match="mask vanishes at the latent resolution.*use latent_mask_mode='any'"):
         edit(sd_pipe, image, thin, latent_mask_mode="nearest")
+
+
+def test_ranking_sorts_best_first_and_reports_the_batch_order(sd_pipe, image, mask, tmp_path):
+    from bld.tiny_clip import tiny_clip
+
+    scorer = tiny_clip(tmp_path / "clip")
+    ranked = sd_pipe("a red star", image, mask, num_inference_steps=STEPS, num_images_per_prompt=3,
+                     generator=[gen(s) for s in (1, 2, 3)], scorer=scorer, output_type="np")
+    plain = edit(sd_pipe, image, mask, num_images_per_prompt=3, generator=[gen(s) for s in (1, 2, 3)],
+                 output_type="np")
+    assert ranked.scores == sorted(ranked.scores, reverse=True)
+    assert sorted(ranked.order) == [0, 1, 2]
+    for k, source_index in enumerate(ranked.order):
+        np.testing.assert_allclose(ranked.images[k], plain[source_index], atol=1e-6)
+    region = np.asarray(mask) >= 128
+    rescored = scorer.score([plain[i] for i in ranked.order], "a red star", region)
+    np.testing.assert_allclose(rescored, ranked.scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["pixel", "poisson", "latent", "decoder"])
+def test_reconstruction_runs_inline(sd_pipe, image, mask, method):
+    out = edit(sd_pipe, image, mask, output_type="np", reconstruction=method, reconstruction_steps=2)
+    original = np.asarray(image, dtype=np.float32) / 255
+    outside = np.asarray(mask) < 128
+    error = np.abs(out[0] - original)[outside].mean()
+    raw = edit(sd_pipe, image, mask, output_type="np", reconstruction="none")
+    raw_error = np.abs(raw[0] - original)[outside].mean()
+    if method == "pixel":
+        assert error < 1e-6  # the original's pixels (up to the uint8 -> float conversion)
+    else:
+        assert error < raw_error
+
+
+def test_pixel_reconstruction_keeps_the_input_pixels_at_an_odd_size(sd_pipe):
+    image, mask = make_image((67, 45)), make_mask((67, 45), box=(10, 10, 40, 30))
+    out = np.asarray(edit(sd_pipe, image, mask, reconstruction="pixel")[0])
+    outside = np.asarray(mask) < 128
+    assert np.array_equal(out[outside], np.asarray(image)[outside])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"output_type": "latent", "scorer": object()}, "ranking needs decoded images"),
+    ({"output_type": "jpeg"}, "output_type='jpeg' is not one of pil, np, pt, latent"),
+    ({"generator": [gen(0), gen(1)]}, "got 2 generators for 1 results"),
+    ({"height": 61}, "height=61 must be a multiple of 2"),
+    ({"reconstruction": "magic"}, "reconstruction='magic' is not one of none, pixel, poisson, latent, decoder"),
+    ({"num_inference_steps": 0}, "num_inference_steps=0 is out of range"),
+])
+def test_bad_arguments_are_refused_before_any_work(sd_pipe, image, mask, kwargs, message):
+    calls, handle = count_unet_batches(sd_pipe)
+    try:
+        with pytest.raises(ValueError, match=message):
+            edit(sd_pipe, image, mask, **kwargs)
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+def test_bad_mask_inputs(sd_pipe, image):
+    with pytest.raises(ValueError, match="mask is 128x64 but image is 64x64: they must have the same aspect ratio"):
+        edit(sd_pipe, image, make_mask((128, 64)))
+    with pytest.raises(ValueError, match="mask is empty"):
+        edit(sd_pipe, image, np.zeros((SIZE, SIZE), np.uint8))
+    with pytest.raises(ValueError, match="mask covers the whole image"):
+        edit(sd_pipe, image, np.ones((SIZE, SIZE), np.float32))
+    with pytest.raises(ValueError, match="prompt must be a string"):
+        sd_pipe(None, image, make_mask())

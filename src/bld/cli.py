@@ -11,6 +11,9 @@ import time
 import typing
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
+
 from .image_io import MAX_PIXELS, InputError
 from .params import EditParams
 
@@ -47,7 +50,8 @@ def add_param_flags(parser: argparse.ArgumentParser) -> None:
         if field.default is not None and not isinstance(field.default, bool):
             help_text += f" Default: {field.default}."
         if isinstance(field.default, bool):
-            group.add_argument(flag, dest=field.name, action="store_true", help=help_text)
+            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=field.default,
+                               help=help_text + (" On by default." if field.default else ""))
         elif meta["choices"]:
             group.add_argument(flag, dest=field.name, choices=meta["choices"], default=field.default,
                                help=help_text)
@@ -68,6 +72,9 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 elsewhere), float32, "
                                                         "float16, bfloat16")
+    parser.add_argument("--clip-model", default=None,
+                        help="CLIP model (transformers folder or Hub id, e.g. openai/clip-vit-base-patch16) that "
+                             "ranks the results; default: the bundled model's")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
@@ -85,6 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="result PNG; with several results: NAME-1.png, NAME-2.png, ...")
     add_param_flags(edit)
     add_runtime_flags(edit)
+
+    rec = sub.add_parser("reconstruct", help="restore the background of results already produced",
+                         description="Reconstruct the background of RESULT(s) from ORIGINAL outside MASK "
+                                     "(PAPER.md section 2), e.g. with the decoder fine-tune on the results you keep.")
+    rec.add_argument("original", help="the image that was edited")
+    rec.add_argument("mask", help="the mask used for the edit (white = edited)")
+    rec.add_argument("results", nargs="+", help="edited result(s), same size as the original")
+    rec.add_argument("-o", "--output", required=True, help="output PNG; with several results: NAME-1.png, ...")
+    rec.add_argument("--method", choices=("pixel", "poisson", "latent", "decoder"), default="decoder",
+                     help="reconstruction method (default: decoder, the paper's)")
+    rec.add_argument("--invert-mask", action="store_true", help="the edit used --invert-mask")
+    rec.add_argument("--feather", type=int, default=0, help="pixel method: blend width inside the mask edge")
+    rec.add_argument("--steps", type=int, default=75, help="latent/decoder optimization steps (default 75)")
+    rec.add_argument("--crop", action="store_true", help="latent/decoder: work on a crop around the mask")
+    rec.add_argument("--model", default=None, help="model whose VAE to use (latent/decoder); default: the bundled")
+    rec.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    rec.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    rec.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
     demo = sub.add_parser("demo", help="edit a built-in scene and write a grid image you can look at")
     demo.add_argument("-o", "--output", default="bld-demo", help="folder for the results (default: bld-demo)")
@@ -114,14 +139,24 @@ def check_edit_size(image, params: EditParams) -> None:
                          f"size; the result is resized back")
 
 
-def load_for_args(args, params: EditParams | None):
-    from .loading import default_model, load_pipeline
+def load_for_args(args, params: EditParams):
+    """The pipeline, the model's name, and the CLIP scorer for ranking (None when ranking is off or unavailable)."""
+    from .loading import default_model, load_pipeline, load_scorer
 
     model = args.model or default_model()
-    pipe = load_pipeline(model, device=args.device, dtype=args.dtype,
-                         scheduler=params.scheduler if params else "ddim")
-    pipe.set_progress_bar_config(file=sys.stderr, leave=False, desc="denoising")
-    return pipe, model
+    pipe = load_pipeline(model, device=args.device, dtype=args.dtype, scheduler=params.scheduler)
+    pipe.set_progress_bar_config(file=sys.stderr, leave=False)
+    scorer = load_scorer(args.clip_model, model, pipe.device) if params.rank else None
+    if params.rank and scorer is None:
+        notice("results are not ranked: pass --clip-model (e.g. openai/clip-vit-base-patch16) to rank them")
+    return pipe, model, scorer
+
+
+def summarize(results, paths) -> list[dict]:
+    from .editing import json_safe
+
+    return [json_safe({"path": str(p), "seed": r.seed, "score": r.score, "metrics": r.metrics})
+            for r, p in zip(results, paths)]
 
 
 def notice(message: str) -> None:
@@ -140,59 +175,111 @@ def run_edit_command(args: argparse.Namespace) -> dict:
                              image_name=repr(args.image), mask_name=repr(args.mask))
     check_edit_size(image, params)
     start = time.perf_counter()
-    pipe, model = load_for_args(args, params)
+    pipe, model, scorer = load_for_args(args, params)
     if model == TINY_RANDOM:
         notice("no model given and no bundled model installed: using tiny random components (results are noise)")
     if params.guidance_scale is None:
         params = dataclasses.replace(params, guidance_scale=pipe.default_guidance_scale)
-    results = run_edit(pipe, image, mask, params)
+    results = run_edit(pipe, image, mask, params, scorer=scorer)
     for result, path in zip(results, paths):
         save_png_atomic(result.image, path, metadata=result_metadata(params, result, model),
                         overwrite=args.overwrite)
-    return {"outputs": [{"path": str(p), "seed": r.seed} for r, p in zip(results, paths)],
-            "params": params.to_dict(), "model": model, "device": str(pipe.device),
-            "seconds": round(time.perf_counter() - start, 3)}
+    return {"outputs": summarize(results, paths), "ranked": scorer is not None, "params": params.to_dict(),
+            "model": model, "device": str(pipe.device), "seconds": round(time.perf_counter() - start, 3)}
 
 
 def run_demo_command(args: argparse.Namespace) -> dict:
-    from .demo_scene import demo_scene
+    from .demo_scene import DEMO_PROMPT, demo_scene
     from .editing import result_metadata, run_edit
     from .grid import make_grid
     from .image_io import save_png_atomic
     from .loading import TINY_RANDOM
 
     folder = Path(args.output)
-    scene, mask, prompt = demo_scene()
-    params = EditParams(prompt=prompt, num_inference_steps=20, seed=args.seed)
+    params = EditParams(prompt=DEMO_PROMPT, num_inference_steps=20, seed=args.seed)
     names = ["input.png", "mask.png", "grid.png"] + [f"result-{k + 1}.png" for k in range(params.num_images)]
     if not args.overwrite:
         existing = [folder / n for n in names if (folder / n).exists()]
         if existing:
             raise InputError(f"'{existing[0]}' already exists: pass --overwrite or choose another -o")
     start = time.perf_counter()
-    pipe, model = load_for_args(args, params)
+    pipe, model, scorer = load_for_args(args, params)
+    scene, mask = demo_scene(size=64 if model == TINY_RANDOM else 128)
     if model == TINY_RANDOM:
         notice("the bundled model is not installed yet: this demo runs tiny random components, so the edited "
                "region shows noise; pass --model with a Stable Diffusion folder for a real edit")
     params = dataclasses.replace(params, guidance_scale=params.guidance_scale or pipe.default_guidance_scale)
-    results = run_edit(pipe, scene, mask, params)
+    results = run_edit(pipe, scene, mask, params, scorer=scorer)
     folder.mkdir(parents=True, exist_ok=True)
-    save = lambda image, name, **kw: str(save_png_atomic(image, folder / name, overwrite=args.overwrite, **kw))
-    files = [save(scene, "input.png"), save(mask, "mask.png")]
-    files += [save(r.image, f"result-{r.index + 1}.png", metadata=result_metadata(params, r, model))
-              for r in results]
-    labels = ["input", "mask (white = edit)"] + [f"result {r.index + 1} (seed {r.seed})" for r in results]
+    save = lambda image, name, **kw: save_png_atomic(image, folder / name, overwrite=args.overwrite, **kw)
+    save(scene, "input.png")
+    save(mask, "mask.png")
+    paths = [save(r.image, f"result-{rank + 1}.png", metadata=result_metadata(params, r, model))
+             for rank, r in enumerate(results)]
+    labels = ["input", f"mask: '{DEMO_PROMPT}'"] + [
+        f"#{rank + 1} seed {r.seed}" + (f" clip {r.score:.3f}" if r.score is not None else "")
+        for rank, r in enumerate(results)]
     grid = make_grid([scene, mask] + [r.image for r in results], labels, tile=192, columns=3)
-    files.append(save(grid, "grid.png"))
-    return {"outputs": [{"path": f} for f in files], "prompt": prompt, "model": model,
-            "seconds": round(time.perf_counter() - start, 3)}
+    save(grid, "grid.png")
+    return {"outputs": summarize(results, paths), "grid": str(folder / "grid.png"), "prompt": DEMO_PROMPT,
+            "model": model, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def run_reconstruct_command(args: argparse.Namespace) -> dict:
+    from .editing import edit_region, json_safe
+    from .image_io import check_same_aspect, load_image, load_mask, save_png_atomic
+    from .metrics import compute_metrics
+    from .params import check_range
+    from .reconstruction import reconstruct_images
+
+    check_range("--feather", args.feather, 0, 64)
+    check_range("--steps", args.steps, 1, 2000)
+    paths = output_paths(args.output, len(args.results), args.overwrite)
+    original = load_image(args.original)
+    mask = check_same_aspect(original, load_mask(args.mask), image_name=repr(args.original),
+                             mask_name=repr(args.mask))
+    results = [load_image(r) for r in args.results]
+    for name, result in zip(args.results, results):
+        if result.size != original.size:
+            raise InputError(f"result {name!r} is {result.width}x{result.height} but the original is "
+                             f"{original.width}x{original.height}: they must have the same size")
+    region = edit_region(mask, args.invert_mask)
+    if not region.any() or region.all():
+        raise InputError("the mask is empty or covers the whole image: there is no background to reconstruct")
+    start = time.perf_counter()
+    vae = None
+    if args.method in ("latent", "decoder"):
+        from .loading import default_model, load_pipeline
+
+        vae = load_pipeline(args.model or default_model(), device=args.device, dtype="float32").vae
+    region_image = PIL.Image.fromarray(region.astype(np.uint8) * 255)
+    restored = reconstruct_images(args.method, original, results, region_image, vae=vae, feather=args.feather,
+                                  steps=args.steps, crop=args.crop, progress=True)
+    outputs = []
+    for source, image, path in zip(args.results, restored, paths):
+        metadata = png_metadata_or_empty(source)
+        metadata["bld_reconstruction"] = json.dumps({"method": args.method, "feather": args.feather,
+                                                     "steps": args.steps, "crop": args.crop})
+        save_png_atomic(image, path, metadata=metadata, overwrite=args.overwrite)
+        outputs.append(json_safe({"path": str(path), "metrics": compute_metrics(original, image, region)}))
+    return {"outputs": outputs, "method": args.method, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def png_metadata_or_empty(path: str) -> dict[str, str]:
+    """A result's own text chunks (its bld parameters) when it is a PNG, else nothing."""
+    from .image_io import read_png_metadata
+
+    try:
+        return read_png_metadata(path)
+    except InputError:
+        return {}
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
-    command = {"edit": run_edit_command, "demo": run_demo_command}[args.command]
+    command = {"edit": run_edit_command, "demo": run_demo_command, "reconstruct": run_reconstruct_command}[args.command]
     try:
         summary = command(args)
     except (InputError, ValueError) as exc:
@@ -208,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for output in summary["outputs"]:
             print(output["path"])
+        if "grid" in summary:
+            print(summary["grid"])
     return 0
 
 

@@ -1,4 +1,4 @@
-"""A small synthetic scene, its mask and a prompt for the demo (no files needed)."""
+"""A small synthetic scene, its mask and the prompt for the demo (no files needed)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import PIL.Image
 import PIL.ImageDraw
 
 
-def demo_scene(size: int = 128) -> tuple[PIL.Image.Image, PIL.Image.Image, str]:
+DEMO_PROMPT = "a red star"
+
+
+def demo_scene(size: int = 128) -> tuple[PIL.Image.Image, PIL.Image.Image]:
     """A blue-to-teal gradient with a yellow disc on the left; the mask covers an empty area on the right."""
     scene = PIL.Image.new("RGB", (size, size))
     draw = PIL.ImageDraw.Draw(scene)
@@ -17,4 +20,4 @@ def demo_scene(size: int = 128) -> tuple[PIL.Image.Image, PIL.Image.Image, str]:
     draw.ellipse([18 * s, 40 * s, 58 * s, 80 * s], fill=(240, 200, 40))
     mask = PIL.Image.new("L", (size, size), 0)
     PIL.ImageDraw.Draw(mask).rectangle([72 * s, 36 * s, 112 * s, 84 * s], fill=255)
-    return scene, mask, "a red star"
+    return scene, mask

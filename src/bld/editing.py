@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import secrets
 from dataclasses import dataclass
 
+import numpy as np
 import PIL.Image
 import torch
 
 from . import __version__
+from .metrics import compute_metrics
 from .params import EditParams
 
 METADATA_KEY = "bld"
@@ -20,7 +23,9 @@ METADATA_KEY = "bld"
 class EditResult:
     image: PIL.Image.Image
     seed: int
-    index: int
+    index: int  # position in the generated batch (result k used seed + k)
+    score: float | None = None  # CLIP text match inside the mask, when ranked
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def with_seed(params: EditParams) -> EditParams:
@@ -33,33 +38,59 @@ def result_seeds(params: EditParams) -> list[int]:
     return [params.seed + k for k in range(params.num_images)]
 
 
-def run_edit(pipe, image, mask, params: EditParams, callback_on_step_end=None) -> list[EditResult]:
+def run_edit(pipe, image, mask, params: EditParams, scorer=None, callback_on_step_end=None) -> list[EditResult]:
     """Edit `image` inside `mask` (both PIL) with a pipeline; `params.seed` must be set (see with_seed).
 
     Each result has its own CPU generator, so results do not depend on the device or the batch size.
+    With a scorer and params.rank, results come best first with their scores. Each result carries its
+    metrics (background PSNR and SSIM, edge color difference, and the text match when scored).
     """
     if params.seed is None:
         raise ValueError("run_edit needs params with a seed: call with_seed(params) first")
     seeds = result_seeds(params)
-    images = pipe(
+    scorer = scorer if params.rank else None
+    output = pipe(
         params.prompt, image, mask,
         num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
         skip_fraction=params.skip_fraction, negative_prompt=params.negative_prompt,
         num_images_per_prompt=params.num_images, generator=[torch.Generator().manual_seed(s) for s in seeds],
         invert_mask=params.invert_mask, height=params.height, width=params.width,
         latent_mask_mode=params.latent_mask_mode, background_noise=params.background_noise,
-        mask_dilation_iterations=params.mask_dilation_iterations,
-        callback_on_step_end=callback_on_step_end,
-    ).images
-    return [EditResult(img, seed, k) for k, (img, seed) in enumerate(zip(images, seeds))]
+        mask_dilation_iterations=params.mask_dilation_iterations, reconstruction=params.reconstruction,
+        feather=params.feather, reconstruction_steps=params.reconstruction_steps,
+        reconstruction_crop=params.reconstruction_crop, scorer=scorer, callback_on_step_end=callback_on_step_end,
+    )
+    order = output.order or list(range(len(output.images)))
+    scores = output.scores or [None] * len(order)
+    edited_region = edit_region(mask, params.invert_mask)
+    return [EditResult(img, seeds[k], k, score,
+                       compute_metrics(image, img, edited_region, prompt=params.prompt, scorer=scorer))
+            for img, k, score in zip(output.images, order, scores)]
+
+
+def edit_region(mask: PIL.Image.Image, invert: bool) -> np.ndarray:
+    """The region actually edited, as a boolean (H, W) array: the mask thresholded at half, inverted if asked."""
+    region = np.asarray(mask.convert("L")) >= 128
+    return ~region if invert else region
 
 
 def result_metadata(params: EditParams, result: EditResult, model: str) -> dict[str, str]:
     """PNG text chunks: the full parameters with this result's own seed, the model and the bld version."""
     own = dataclasses.replace(params, seed=result.seed, num_images=1)
     record = {"params": own.to_dict(), "batch_seed": params.seed, "index": result.index, "model": model,
-              "bld_version": __version__}
-    return {METADATA_KEY: json.dumps(record, sort_keys=True), "prompt": params.prompt}
+              "score": result.score, "metrics": result.metrics, "bld_version": __version__}
+    return {METADATA_KEY: json.dumps(json_safe(record), sort_keys=True), "prompt": params.prompt}
+
+
+def json_safe(value):
+    """Replace non-finite floats (a PSNR of identical pixels is inf) by the strings 'inf', '-inf', 'nan'."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def params_from_metadata(text_chunks: dict[str, str]) -> EditParams:

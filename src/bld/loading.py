@@ -25,6 +25,23 @@ def default_model() -> str:
     return str(BUNDLED_MODEL_DIR) if (BUNDLED_MODEL_DIR / "model_index.json").is_file() else TINY_RANDOM
 
 
+def load_scorer(clip_model: str | None, model: str, device: torch.device):
+    """The CLIP scorer for ranking: `clip_model` if given, else the bundled model's CLIP, else a tiny random
+    one for the tiny random model; None when there is none (results are then not ranked)."""
+    from .ranking import ClipScorer
+
+    if clip_model:
+        return ClipScorer.from_pretrained(clip_model, device=device)
+    bundled_clip = Path(model) / "clip"
+    if (bundled_clip / "config.json").is_file():
+        return ClipScorer.from_pretrained(bundled_clip, device=device)
+    if model == TINY_RANDOM:
+        from .tiny_clip import tiny_clip
+
+        return tiny_clip(tempfile.mkdtemp(prefix="bld-clip-"))
+    return None
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda, then mps, then cpu; anything else is checked against what this machine has."""
     if name == "auto":

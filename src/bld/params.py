@@ -15,6 +15,7 @@ from typing import Any, Literal
 LatentMaskMode = Literal["any", "nearest"]
 BackgroundNoise = Literal["fixed", "fresh"]
 SchedulerName = Literal["ddim", "dpm++", "euler", "euler-a", "model"]
+Reconstruction = Literal["none", "pixel", "poisson", "latent", "decoder"]
 
 
 def _param(default: Any, help: str, *, low: float | None = None, high: float | None = None,
@@ -55,6 +56,18 @@ class EditParams:
     background_noise: BackgroundNoise = _param(
         "fixed", "Noise for the background: 'fixed' (one noise, as diffusers) or 'fresh' each step (official code).",
         choices=("fixed", "fresh"))
+    reconstruction: Reconstruction = _param(
+        "pixel", "Background reconstruction after decoding (paper section 2): none; pixel (paste the original "
+        "outside the mask); poisson (seamless cloning); latent (optimize the latent); decoder (fine-tune the "
+        "VAE decoder per image, the paper's method, slowest).",
+        choices=("none", "pixel", "poisson", "latent", "decoder"))
+    feather: int = _param(0, "With pixel reconstruction: blend over this many pixels inside the mask's edge.",
+                          low=0, high=64)
+    reconstruction_steps: int = _param(75, "Optimization steps of latent and decoder reconstruction.",
+                                       low=1, high=2000)
+    reconstruction_crop: bool = _param(
+        False, "Run latent/decoder reconstruction on a crop around the mask: cost follows the edited area.")
+    rank: bool = _param(True, "Sort results best first by CLIP text match inside the mask (needs a CLIP model).")
     scheduler: SchedulerName = _param(
         "ddim", "Sampler: ddim, dpm++, euler, euler-a, or 'model' for the one saved with the model.",
         choices=("ddim", "dpm++", "euler", "euler-a", "model"))
@@ -99,7 +112,7 @@ def validate(params: EditParams) -> None:
             if not isinstance(value, str):
                 raise ValueError(f"{f.name} must be a string, got {type(value).__name__}")
             continue
-        if isinstance(f.default, bool) or f.name == "invert_mask":
+        if isinstance(f.default, bool):
             if not isinstance(value, bool):
                 raise ValueError(f"{f.name} must be true or false, got {value!r}")
             continue

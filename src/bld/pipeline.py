@@ -9,7 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from .params import DEFAULTS
-from .sampling import BlendedLatentDiffusionPipelineOutput, BlendedLatentMixin
+from .sampling import BlendedLatentMixin, Finishing
 
 ImageInput = PIL.Image.Image | Any  # PIL image, (H, W, C) array in [0, 1] or uint8, (1, C, H, W) tensor in [0, 1]
 
@@ -42,6 +42,11 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         latent_mask_mode: str = DEFAULTS.latent_mask_mode,
         mask_dilation_iterations: int = DEFAULTS.mask_dilation_iterations,
         background_noise: str = DEFAULTS.background_noise,
+        reconstruction: str = DEFAULTS.reconstruction,
+        feather: int = DEFAULTS.feather,
+        reconstruction_steps: int = DEFAULTS.reconstruction_steps,
+        reconstruction_crop: bool = DEFAULTS.reconstruction_crop,
+        scorer=None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end=None,
@@ -55,18 +60,22 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         starts. latent_mask_mode: 'any' (keep every latent cell the mask touches) or 'nearest' (the
         paper's). mask_dilation_iterations: progressive shrinking for thin masks (0 = off). background_noise: 'fixed' (one noise, as diffusers) or 'fresh' (new noise every step).
         generator: one, or one per result to make each result reproducible on its own.
-        Returns BlendedLatentDiffusionPipelineOutput with `images` (PIL by default).
+        reconstruction: 'none', 'pixel' (with `feather`), 'poisson', 'latent' or 'decoder' (with
+        `reconstruction_steps`, `reconstruction_crop`). scorer: a bld.ranking.ClipScorer to sort results best
+        first. Returns BlendedLatentDiffusionPipelineOutput with `images` (PIL by default), and `scores` and
+        `order` when ranked.
         """
         params, guidance_scale, batch_size = self.resolve_settings(
             prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             skip_fraction=skip_fraction, num_images=num_images_per_prompt, invert_mask=invert_mask,
             height=height, width=width, latent_mask_mode=latent_mask_mode, background_noise=background_noise,
-            mask_dilation_iterations=mask_dilation_iterations)
+            mask_dilation_iterations=mask_dilation_iterations, reconstruction=reconstruction, feather=feather,
+            reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 
         # 1. Validate the inputs
-        self.check_edit_inputs(prompt, image, mask_image, params, generator, batch_size)
+        self.check_edit_inputs(prompt, image, mask_image, params, generator, batch_size, output_type, scorer)
 
         # 2. Encode the prompt (and the negative prompt for classifier-free guidance)
         prompt_embeds, negative_embeds = self.encode_prompt(
@@ -98,9 +107,8 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
                                        mask_dilation_iterations=mask_dilation_iterations,
                                        callback_on_step_end=callback_on_step_end)
 
-        # 7. Decode and restore the input's size
-        images, has_nsfw = self.finish(latents, prepared, output_type, prompt_embeds.dtype)
+        # 7. Decode, reconstruct the background, restore the input's size, rank
+        finishing = Finishing(reconstruction, feather, reconstruction_steps, reconstruction_crop, scorer)
+        output = self.finish(latents, prepared, output_type, prompt, finishing, prompt_embeds.dtype)
         self.maybe_free_model_hooks()
-        if not return_dict:
-            return images, has_nsfw
-        return BlendedLatentDiffusionPipelineOutput(images=images, nsfw_content_detected=has_nsfw)
+        return output if return_dict else output.to_tuple()

@@ -7,7 +7,7 @@ from diffusers import StableDiffusionXLPipeline
 
 from .params import DEFAULTS
 from .pipeline import ImageInput
-from .sampling import BlendedLatentDiffusionPipelineOutput, BlendedLatentMixin
+from .sampling import BlendedLatentMixin, Finishing
 
 
 class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipeline):
@@ -38,6 +38,11 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
         latent_mask_mode: str = DEFAULTS.latent_mask_mode,
         mask_dilation_iterations: int = DEFAULTS.mask_dilation_iterations,
         background_noise: str = DEFAULTS.background_noise,
+        reconstruction: str = DEFAULTS.reconstruction,
+        feather: int = DEFAULTS.feather,
+        reconstruction_steps: int = DEFAULTS.reconstruction_steps,
+        reconstruction_crop: bool = DEFAULTS.reconstruction_crop,
+        scorer=None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end=None,
@@ -50,12 +55,13 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
             prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             skip_fraction=skip_fraction, num_images=num_images_per_prompt, invert_mask=invert_mask,
             height=height, width=width, latent_mask_mode=latent_mask_mode, background_noise=background_noise,
-            mask_dilation_iterations=mask_dilation_iterations)
+            mask_dilation_iterations=mask_dilation_iterations, reconstruction=reconstruction, feather=feather,
+            reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 
         # 1. Validate the inputs
-        self.check_edit_inputs(prompt, image, mask_image, params, generator, batch_size)
+        self.check_edit_inputs(prompt, image, mask_image, params, generator, batch_size, output_type, scorer)
 
         # 2. Encode the prompt with both text encoders
         prompt_embeds, negative_embeds, pooled, negative_pooled = self.encode_prompt(
@@ -99,9 +105,8 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
                                        mask_dilation_iterations=mask_dilation_iterations,
                                        callback_on_step_end=callback_on_step_end)
 
-        # 8. Decode and restore the input's size
-        images, _ = self.finish(latents, prepared, output_type, prompt_embeds.dtype)
+        # 8. Decode, reconstruct the background, restore the input's size, rank
+        finishing = Finishing(reconstruction, feather, reconstruction_steps, reconstruction_crop, scorer)
+        output = self.finish(latents, prepared, output_type, prompt, finishing, prompt_embeds.dtype)
         self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return BlendedLatentDiffusionPipelineOutput(images=images)
+        return output if return_dict else output.to_tuple()

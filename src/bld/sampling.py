@@ -17,6 +17,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .blending import binarize_mask, blend, latent_mask, num_skipped_steps, phase_of_step, shrinking_masks
 from .params import EditParams
+from .ranking import rank
+from .reconstruction import reconstruct_background
 
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """predict_noise(latents, t) -> the guided model output for `latents` at timestep `t`."""
@@ -24,10 +26,15 @@ NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class BlendedLatentDiffusionPipelineOutput(BaseOutput):
-    """images: PIL images, a float array (B, H, W, 3) in [0, 1], a tensor (B, 3, H, W) in [0, 1], or latents."""
+    """images: PIL images, a float array (B, H, W, 3) in [0, 1], a tensor (B, 3, H, W) in [0, 1], or latents.
+
+    With a scorer the images are sorted best first; `order` maps them back to the generated batch (and
+    so to their generators)."""
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     nsfw_content_detected: list[bool] | None = None
+    scores: list[float] | None = None  # CLIP text match inside the mask, best first, when ranked
+    order: list[int] | None = None  # order[k]: index in the generated batch of images[k]
 
 
 @dataclass
@@ -39,6 +46,19 @@ class PreparedInputs:
     height: int
     width: int
     original_size: tuple[int, int]  # (height, width) of the input
+    source: torch.Tensor  # (1, 3, h0, w0) in [-1, 1]: the input at its own size
+    source_mask: torch.Tensor  # (1, 1, h0, w0) in {0, 1}: the edited region at the input's size
+
+
+@dataclass
+class Finishing:
+    """What happens after the loop: background reconstruction (PAPER.md section 2) and ranking (section 4)."""
+
+    reconstruction: str = "none"
+    feather: int = 0
+    reconstruction_steps: int = 75
+    reconstruction_crop: bool = False
+    scorer: Any = None  # a bld.ranking.ClipScorer, or None for no ranking
 
 
 def image_size(image: Any) -> tuple[int, int]:
@@ -84,6 +104,13 @@ class BlendedLatentMixin:
         return VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False,
                                  do_binarize=True, do_convert_grayscale=True)
 
+    @staticmethod
+    def at_own_size(image, *, mask: bool = False) -> torch.Tensor:
+        """An image in [-1, 1], or a mask in {0, 1}, as a tensor at its own size (no snapping)."""
+        processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=not mask, do_binarize=mask,
+                                      do_convert_grayscale=mask)
+        return processor.preprocess(image).to(torch.float32)
+
     def resolve_settings(self, prompt, **settings) -> tuple[EditParams, float, int]:
         """Validate the call's settings against EditParams; return them with the guidance scale and batch size."""
         params = EditParams(prompt=prompt if isinstance(prompt, str) else "", **settings)
@@ -91,7 +118,8 @@ class BlendedLatentMixin:
         batch_size = (1 if isinstance(prompt, str) else len(prompt or [])) * params.num_images
         return params, guidance, batch_size
 
-    def check_edit_inputs(self, prompt, image, mask_image, params: EditParams, generator, batch_size) -> None:
+    def check_edit_inputs(self, prompt, image, mask_image, params: EditParams, generator, batch_size,
+                          output_type: str, scorer) -> None:
         """Validate once, at the top; every error names the bad value and what would be valid."""
         if not isinstance(prompt, (str, list)) or isinstance(prompt, list) and (
                 not prompt or not all(isinstance(p, str) for p in prompt)):
@@ -105,6 +133,12 @@ class BlendedLatentMixin:
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"got {len(generator)} generators for {batch_size} results: pass one generator "
                              f"or one per result")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type={output_type!r} is not one of pil, np, pt, latent")
+        if scorer is not None and output_type == "latent":
+            raise ValueError("ranking needs decoded images: use an output_type other than 'latent' or no scorer")
+        if scorer is not None and isinstance(prompt, list) and len(prompt) > 1:
+            raise ValueError("ranking compares results of one prompt: pass a single prompt or no scorer")
 
     def prepare_image_and_mask(self, image, mask_image, height: int | None, width: int | None,
                                invert_mask: bool) -> PreparedInputs:
@@ -130,15 +164,19 @@ class BlendedLatentMixin:
         mask = binarize_mask(self.mask_processor.preprocess(mask_image, height=height, width=width))
         if mask.shape[0] != 1:
             raise ValueError(f"expected one mask, got a batch of shape {tuple(mask.shape)}")
+        source = self.at_own_size(image)
+        source_mask = binarize_mask(self.at_own_size(mask_image, mask=True))
+        if source_mask.shape[-2:] != source.shape[-2:]:
+            source_mask = F.interpolate(source_mask, size=source.shape[-2:], mode="nearest")
         if invert_mask:
-            mask = 1 - mask
+            mask, source_mask = 1 - mask, 1 - source_mask
         if not mask.any():
             raise ValueError("mask is empty: nothing to edit; paint the region to change in white"
                              + (" (the mask was inverted)" if invert_mask else ""))
         if mask.all():
             raise ValueError("mask covers the whole image: nothing would be kept; paint only the region to change"
                              + (" (the mask was inverted)" if invert_mask else ""))
-        return PreparedInputs(pixels, mask, height, width, (h0, w0))
+        return PreparedInputs(pixels, mask, height, width, (h0, w0), source, source_mask)
 
     @contextmanager
     def vae_precision(self):
@@ -230,17 +268,39 @@ class BlendedLatentMixin:
         """Ask a running edit to stop after its current step (used by the web app to cancel)."""
         self._interrupt = True
 
-    def finish(self, latents: torch.Tensor, prepared: PreparedInputs, output_type: str, prompt_dtype):
-        """Decode, run the safety checker if the model has one, restore the input's size, convert."""
+    def finish(self, latents: torch.Tensor, prepared: PreparedInputs, output_type: str, prompt: str | list[str],
+               finishing: Finishing, prompt_dtype) -> BlendedLatentDiffusionPipelineOutput:
+        """Decode, reconstruct the background, restore the input's size, convert, rank."""
         if output_type == "latent":
-            return latents, None
+            return BlendedLatentDiffusionPipelineOutput(images=latents)
         pixels = self.decode_latents(latents)
         has_nsfw = None
         if getattr(self, "safety_checker", None) is not None:
             pixels, has_nsfw = self.run_safety_checker(pixels, pixels.device, prompt_dtype)
+        method = finishing.reconstruction
+        if method in ("latent", "decoder"):  # at the size the model works at: they use the VAE and the latents
+            pixels = reconstruct_background(method, prepared.image, pixels, prepared.mask, vae=self.vae,
+                                            latents=latents, steps=finishing.reconstruction_steps,
+                                            crop=finishing.reconstruction_crop, progress=not self._progress_off())
         if prepared.original_size != (prepared.height, prepared.width):
             pixels = F.interpolate(pixels.float(), size=prepared.original_size, mode="bicubic",
                                    antialias=True, align_corners=False)
+        if method in ("pixel", "poisson"):  # at the input's own size, so the kept pixels are the input's
+            pixels = reconstruct_background(method, prepared.source.to(pixels.device), pixels.float(),
+                                            prepared.source_mask.to(pixels.device), feather=finishing.feather)
         do_denormalize = [True] * pixels.shape[0] if has_nsfw is None else [not n for n in has_nsfw]
-        return self.image_processor.postprocess(pixels, output_type=output_type,
-                                                do_denormalize=do_denormalize), has_nsfw
+        images = self.image_processor.postprocess(pixels, output_type=output_type, do_denormalize=do_denormalize)
+        if finishing.scorer is None:
+            return BlendedLatentDiffusionPipelineOutput(images=images, nsfw_content_detected=has_nsfw)
+        prompt = prompt if isinstance(prompt, str) else prompt[0]
+        scorable = images if output_type != "pt" else list(images.permute(0, 2, 3, 1).float().cpu().numpy())
+        mask = prepared.source_mask[0, 0].cpu().numpy()
+        scores = finishing.scorer.score(list(scorable), prompt, mask)
+        order = rank(scores)
+        images = [images[k] for k in order] if isinstance(images, list) else images[order]
+        return BlendedLatentDiffusionPipelineOutput(
+            images=images, nsfw_content_detected=None if has_nsfw is None else [has_nsfw[k] for k in order],
+            scores=[scores[k] for k in order], order=order)
+
+    def _progress_off(self) -> bool:
+        return bool(getattr(self, "_progress_bar_config", {}).get("disable", False))

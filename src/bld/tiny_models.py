@@ -76,7 +76,7 @@ def tiny_sd_components(seed: int = 0, tokenizer_dir: str | Path | None = None) -
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_text_config(32))
     tokenizer = write_char_tokenizer(tokenizer_dir or tempfile.mkdtemp(prefix="bld-tokenizer-"))
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
+    return {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder.eval(), "tokenizer": tokenizer,
             "scheduler": tiny_scheduler(), "safety_checker": None, "feature_extractor": None,
             "image_encoder": None, "requires_safety_checker": False}
 
@@ -99,6 +99,7 @@ def tiny_sdxl_components(seed: int = 0, tokenizer_dir: str | Path | None = None)
     folder = Path(tokenizer_dir or tempfile.mkdtemp(prefix="bld-tokenizer-"))
     tokenizer = write_char_tokenizer(folder / "tokenizer")
     tokenizer_2 = write_char_tokenizer(folder / "tokenizer_2")
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2,
+    return {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder.eval(),
+            "text_encoder_2": text_encoder_2.eval(),
             "tokenizer": tokenizer, "tokenizer_2": tokenizer_2, "scheduler": tiny_scheduler(),
             "image_encoder": None, "feature_extractor": None}
