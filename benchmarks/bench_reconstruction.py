@@ -19,7 +19,6 @@ the measured time per step.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -31,24 +30,17 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL
 
+from bld.photo_vae import photo, train_photo_vae
 from bld.reconstruction import crop_box, decode, encode_mean, psnr, reconstruct_background, vae_scale_factor
 from bld.reference_architectures import SD_VAE, random_init_
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_test_helpers():
-    """tests/test_reconstruction.py as a module: the photo VAE recipe lives there."""
-    spec = importlib.util.spec_from_file_location("test_reconstruction", ROOT / "tests" / "test_reconstruction.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def scene(helpers, vae, size: int):
+def scene(vae, size: int):
     """(original, edited, latents, mask): a held-out photo, a centred-left square of size/4 replaced."""
-    original = helpers.photo("coffee")[..., 100:100 + size, 200:200 + size]
-    other = helpers.photo("astronaut")[..., 180:180 + size, 150:150 + size]
+    original = photo("coffee")[..., 100:100 + size, 200:200 + size]
+    other = photo("astronaut")[..., 180:180 + size, 150:150 + size]
     side = size // 4
     top, left = (size - side) // 2, (size - side) // 3
     mask = torch.zeros(1, 1, size, size)
@@ -76,9 +68,9 @@ def decode_time(vae, latents, repeats: int = 2) -> float:
         return min(timed(lambda: decode(vae, latents))[1] for _ in range(repeats))
 
 
-def part1(args, helpers) -> dict:
-    vae = helpers.train_photo_vae(args.vae_cache)
-    original, edited, latents, mask = scene(helpers, vae, args.size)
+def part1(args) -> dict:
+    vae = train_photo_vae(args.vae_cache)
+    original, edited, latents, mask = scene(vae, args.size)
     f = vae_scale_factor(vae)
     top, bottom, left, right = crop_box(mask[0, 0] > 0, args.crop_margin, f)
     in_crop_bg = torch.zeros_like(mask, dtype=torch.bool)
@@ -169,9 +161,9 @@ def main() -> None:
     parser.add_argument("--vae-cache", default=str(ROOT / ".pytest_cache" / "d" / "bld-photo-vae"),
                         help="folder of the trained photo VAE (shared with the tests)")
     args = parser.parse_args()
-    helpers = load_test_helpers()
+
     result = {"benchmark": "bld_reconstruction", "size": args.size, "crop_margin": args.crop_margin,
-              "photo_vae": part1(args, helpers)}
+              "photo_vae": part1(args)}
     if args.sd_steps:
         result["sd15_vae"] = part2(args)
     result.update({"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),

@@ -13,7 +13,6 @@ differences, and how this test lines them up:
 
 import numpy as np
 import pytest
-import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionInpaintPipeline
 
 from conftest import SIZE, gen, make_mask
