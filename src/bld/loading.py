@@ -109,7 +109,7 @@ def load_pipeline(model: str | None = None, *, device: str = "auto", dtype: str 
             warnings.simplefilter("ignore")
             try:
                 pipe = cls.from_pretrained(model, torch_dtype=torch_dtype)
-            except (OSError, ValueError, EnvironmentError) as exc:
+            except (OSError, ValueError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise InputError(f"cannot load model {model!r}: {reason[:200]}") from None
     pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)

@@ -58,12 +58,13 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         model and the results are restored to it. mask_image: same size (or aspect ratio), white = edit,
         soft values thresholded at 0.5. skip_fraction: share of the schedule skipped before blending
         starts. latent_mask_mode: 'any' (keep every latent cell the mask touches) or 'nearest' (the
-        paper's). mask_dilation_iterations: progressive shrinking for thin masks (0 = off). background_noise: 'fixed' (one noise, as diffusers) or 'fresh' (new noise every step).
+        paper's). mask_dilation_iterations: progressive shrinking for thin masks (0 = off).
+        background_noise: 'fixed' (one noise, as diffusers) or 'fresh' (new noise every step).
         generator: one, or one per result to make each result reproducible on its own.
         reconstruction: 'none', 'pixel' (with `feather`), 'poisson', 'latent' or 'decoder' (with
-        `reconstruction_steps`, `reconstruction_crop`). scorer: a bld.ranking.ClipScorer to sort results best
-        first. Returns BlendedLatentDiffusionPipelineOutput with `images` (PIL by default), and `scores` and
-        `order` when ranked.
+        `reconstruction_steps`, `reconstruction_crop`). scorer: a bld.ranking.ClipScorer to sort results
+        best first. Returns BlendedLatentDiffusionPipelineOutput with `images` (PIL by default), and
+        `scores` and `order` when ranked.
         """
         params, guidance_scale, batch_size = self.resolve_settings(
             prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
