@@ -56,8 +56,9 @@ def add_param_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=field.name, choices=meta["choices"], default=field.default,
                                help=help_text)
         else:
-            group.add_argument(flag, dest=field.name, type=_value_type(field), default=field.default,
-                               metavar=field.name.upper(), help=help_text)
+            kind = _value_type(field)
+            group.add_argument(flag, dest=field.name, type=kind, default=field.default,
+                               metavar={int: "N", float: "X"}.get(kind, "TEXT"), help=help_text)
 
 
 def params_from_args(args: argparse.Namespace) -> EditParams:
