@@ -130,12 +130,13 @@ def bad_file(folder, name, content):
     ("missing_folder", "does not exist: create it"),
     ("model_folder", "has no model_index.json"),
     ("model_file", "is a single file"),
+    ("hub_id_offline", "cannot load model 'someone/some-model': it is not a local folder and the Hugging Face Hub"),
     ("tiny_image", "each side must be at least"),
     ("huge_for_editing", "pass --width"),
     ("bad_choice", "invalid choice"),
     ("bad_device", "unknown device"),
 ])
-def test_bad_input_gets_one_line_and_no_output(files, capsys, case, pattern):
+def test_bad_input_gets_one_line_and_no_output(files, capsys, monkeypatch, case, pattern):
     folder, image, mask = files
     out = folder / "result.png"
     extra = ["--steps", "4", "--num-results", "1"]
@@ -167,6 +168,9 @@ def test_bad_input_gets_one_line_and_no_output(files, capsys, case, pattern):
         extra += ["--model", folder / "not_a_model"]
     elif case == "model_file":
         extra += ["--model", bad_file(folder, "weights.safetensors", b"\0" * 16)]
+    elif case == "hub_id_offline":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # fail fast; there is no network here either way
+        extra += ["--model", "someone/some-model"]
     elif case == "tiny_image":
         image = bad_file(folder, "tiny.png", make_image((4, 4)))
         mask = bad_file(folder, "tinymask.png", make_mask((4, 4), box=(1, 1, 3, 3)))

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 import typing
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -277,8 +278,10 @@ def png_metadata_or_empty(path: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    for library in ("TRANSFORMERS", "DIFFUSERS", "HF_HUB"):
+        os.environ.setdefault(f"{library}_VERBOSITY", "error")
+    if not os.environ.get("BLD_DEBUG"):
+        warnings.filterwarnings("ignore")  # library chatter; errors still get their one line
     args = build_parser().parse_args(argv)
     command = {"edit": run_edit_command, "demo": run_demo_command, "reconstruct": run_reconstruct_command}[args.command]
     try:

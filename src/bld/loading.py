@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .hub import offline_requested
 from .image_io import InputError
 from .pipeline import BlendedLatentDiffusionPipeline
 from .pipeline_xl import BlendedLatentDiffusionXLPipeline
@@ -84,11 +85,12 @@ def pipeline_class_for(model: str) -> type[Pipeline]:
         from diffusers import DiffusionPipeline
 
         try:
-            index = DiffusionPipeline.load_config(model)
+            index = DiffusionPipeline.load_config(model, local_files_only=offline_requested())
         except Exception as exc:  # offline, unknown id, gated repo: all mean "cannot get it"
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(f"cannot load model {model!r}: it is not a local folder and the Hugging Face Hub "
-                             f"did not provide it ({reason[:160]})") from None
+                             f"did not provide it (no network, an unknown id, or a gated model: "
+                             f"{reason[:160]})") from None
     is_xl = "text_encoder_2" in index or "XL" in str(index.get("_class_name", ""))
     return BlendedLatentDiffusionXLPipeline if is_xl else BlendedLatentDiffusionPipeline
 
@@ -108,7 +110,7 @@ def load_pipeline(model: str | None = None, *, device: str = "auto", dtype: str 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                pipe = cls.from_pretrained(model, torch_dtype=torch_dtype)
+                pipe = cls.from_pretrained(model, torch_dtype=torch_dtype, local_files_only=offline_requested())
             except (OSError, ValueError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise InputError(f"cannot load model {model!r}: {reason[:200]}") from None

@@ -17,17 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bld.hub import offline_requested
 from bld.metrics import as_mask_array, as_rgb_array
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _offline_env() -> bool:
-    """Whether HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE ask for offline mode now (huggingface_hub reads them only
-    at import time)."""
-    return any(os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _looks_like_path(name: str) -> bool:
@@ -65,7 +59,7 @@ class ClipScorer:
         if name.startswith("~"):
             name = str(Path(name).expanduser())
         if local_files_only is None:
-            local_files_only = _offline_env()
+            local_files_only = offline_requested()
         if not Path(name).expanduser().is_dir() and (isinstance(name_or_folder, Path) or _looks_like_path(name)):
             raise ValueError(f"could not load a CLIP model from {name!r}: no such folder")
         try:
