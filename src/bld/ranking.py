@@ -9,7 +9,6 @@ with antialiased bicubic, center crop, CLIP mean/std), so no image processor or 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
