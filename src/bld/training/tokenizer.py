@@ -87,16 +87,22 @@ def vocab_and_merges(words: list[str] | None = None) -> tuple[dict[str, int], li
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def write_world_tokenizer(folder: str | Path, *, model_max_length: int = MODEL_MAX_LENGTH):
-    """Write the tokenizer files to `folder` and return `CLIPTokenizer.from_pretrained(folder)`."""
-    from transformers import CLIPTokenizer
-
+def write_vocab_files(folder: str | Path) -> None:
+    """vocab.json and merges.txt (the classic CLIP tokenizer files) in `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = vocab_and_merges()
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=0), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
                                        encoding="utf-8")
+
+
+def write_world_tokenizer(folder: str | Path, *, model_max_length: int = MODEL_MAX_LENGTH):
+    """Write the tokenizer files to `folder` and return `CLIPTokenizer.from_pretrained(folder)`."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    write_vocab_files(folder)
     tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=model_max_length,
                         bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS)
     tok.save_pretrained(folder)
