@@ -75,6 +75,12 @@ def test_vae_trains_checkpoints_and_resumes(vae_run):
     assert [x["step"] for x in lines if x["event"] == "train"] == [1, 2, 3, 4, 5]  # continued, not restarted
     assert json.loads((out / "checkpoint" / "meta.json").read_text())["step"] == 5
 
+    from diffusers import AutoencoderKL
+
+    report = train_vae.reconstruction_report(AutoencoderKL.from_pretrained(out / "vae"), seed=0, n=4)
+    assert report["images"] == 4 and report["objects"] >= 1
+    assert 0 <= report["object_color_nearest_correct"] <= 1 and 0 <= report["object_shape_iou"] <= 1
+
 
 def test_unet_trains_and_exports_a_standard_pipeline(vae_run, tmp_path):
     from diffusers import StableDiffusionPipeline
