@@ -144,7 +144,7 @@ def parse_args(argv=None):
 
 
 def _build(args, out: Path):
-    """Tokenizer, CLIP model, UNet and VAE, from the checkpoint's settings when resuming."""
+    """The tokenizer (written to OUT/tokenizer), a freshly initialised UNet and CLIP model (seeded)."""
     tokenizer = write_world_tokenizer(out / "tokenizer")
     torch.manual_seed(args.seed)
     unet = build_unet(UNetConfig())
@@ -167,7 +167,6 @@ def train(args) -> dict:
     if vae_path is None:
         raise SystemExit("--vae is required (or --resume/--export from a checkpoint that names it)")
     vae = load_vae(vae_path)
-    unet.config.sample_size  # noqa: B018 - UNet built for 64 px / VAE factor
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if unet.config.sample_size * factor != vae.config.sample_size:
         unet.register_to_config(sample_size=vae.config.sample_size // factor)
