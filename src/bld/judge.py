@@ -149,7 +149,7 @@ def make_batch(seed: int, start: int, n: int, augment: bool = True) -> Batch:
     scenes, boxes, shapes, colors = [], [], [], []
     aug = np.random.default_rng([TRAIN_SEED_BASE, seed, start, 7])
     for i in range(start, start + n):
-        rng = world.scene_rng([TRAIN_SEED_BASE, seed], i) if False else np.random.default_rng([TRAIN_SEED_BASE, seed, i])
+        rng = np.random.default_rng([TRAIN_SEED_BASE, seed, i])
         scene = world.sample_scene(rng, min_object_size=16, max_object_size=32)
         j = int(rng.integers(len(scene.objects)))
         obj = scene.objects[j]
@@ -194,7 +194,7 @@ def _loss(model: JudgeNet, batch: Batch) -> tuple[torch.Tensor, dict[str, float]
     for k in HEADS:
         sl = slice(0, n) if k in ("shape", "color") else slice(n, 2 * n)
         parts[k] = F.cross_entropy(out[k][sl], batch.labels[k])
-    return sum(parts.values()), {k: float(v) for k, v in parts.items()}
+    return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -221,12 +221,12 @@ def train_judge(seed: int = 0, steps: int = 1000, batch_size: int = 64, lr: floa
         loss.backward()
         opt.step()
         sched.step()
-        ema = float(loss) if ema is None else 0.95 * ema + 0.05 * float(loss)
+        ema = float(loss.detach()) if ema is None else 0.95 * ema + 0.05 * float(loss.detach())
         bar.set_postfix(loss=f"{ema:.3f}")
         if log is not None and (step % log_every == 0 or step == steps - 1):
-            log.append((step, float(loss), parts))
+            log.append((step, float(loss.detach()), parts))
             if not progress:
-                print(f"step {step} loss {float(loss):.4f} " + " ".join(f"{k}={v:.3f}" for k, v in parts.items()))
+                print(f"step {step} loss {float(loss.detach()):.4f} " + " ".join(f"{k}={v:.3f}" for k, v in parts.items()))
     model.eval()
     return model
 
