@@ -9,8 +9,9 @@ world (64 x 64 px; other sizes are resized to 64 first):
   (a text-to-image sample with one object).
 * `Judge.classify_background(image, kept_mask=None)`: background pattern and main color. The 64 px image
   is cut into 9 native-scale 32 x 32 tiles (stride 16); each tile is classified and the tiles are averaged,
-  weighted by the squared fraction of their pixels outside `kept_mask` (tiles mostly inside it are
-  dropped), so for a "background" edit only the regenerated area counts. Objects hide parts of some tiles;
+  weighted by the squared fraction of their pixels outside `kept_mask` (tiles with less than half the best
+  tile's fraction are dropped), and the kept pixels of each tile are first painted flat with the mean color
+  of the tile's other pixels, so for a "background" edit only the regenerated area counts. Objects hide parts of some tiles;
   the network was trained on tiles with objects in them, and the averaging outvotes the worst tiles.
   `BackgroundSpec.second_color` is not judged (the world's scenes never set it).
 * `Judge.accuracy(n, seed)`: held-out accuracy per head on a seed stream other than the training one.
@@ -332,21 +333,28 @@ class Judge:
         images = list(images)
         kept_masks = kept_masks if kept_masks is not None else [None] * len(images)
         x = _to_tensor(images)
-        offs = list(range(0, WORLD - CROP + 1, TILE_STRIDE))
-        pos = [(ox, oy) for oy in offs for ox in offs]
-        tiles = torch.stack([x[:, :, oy:oy + CROP, ox:ox + CROP] for ox, oy in pos], 1)  # (B, T, 3, 32, 32)
-        logits = self._logits(tiles.flatten(0, 1))
-        lp = {k: logits[k].log_softmax(-1).view(len(images), len(pos), -1) for k in ("pattern", "bg_color")}
-        res = []
+        keep = torch.zeros(len(images), 1, WORLD, WORLD)
         for b, km in enumerate(kept_masks):
-            if km is None:
-                w = torch.ones(len(pos))
-            else:
+            if km is not None:
                 m = _mask_array(km)
                 if m.shape != (WORLD, WORLD):
                     m = np.asarray(PIL.Image.fromarray(m.astype(np.uint8) * 255).resize((WORLD, WORLD))) >= 128
-                w = torch.tensor([1 - m[oy:oy + CROP, ox:ox + CROP].mean() for ox, oy in pos], dtype=torch.float32)
-                w = torch.where(w >= 0.5 * w.max(), w, torch.zeros_like(w)) ** 2
+                keep[b, 0] = torch.from_numpy(m.astype(np.float32))
+        offs = list(range(0, WORLD - CROP + 1, TILE_STRIDE))
+        pos = [(ox, oy) for oy in offs for ox in offs]
+        tiles = torch.stack([x[:, :, oy:oy + CROP, ox:ox + CROP] for ox, oy in pos], 1)  # (B, T, 3, 32, 32)
+        outside = 1 - torch.stack([keep[:, :, oy:oy + CROP, ox:ox + CROP] for ox, oy in pos], 1)  # (B, T, 1, ..)
+        # kept pixels show the old background: paint them flat with the mean of the tile's other pixels (a flat
+        # patch reads like an object, which the network learned to look past)
+        frac = outside.mean(dim=(2, 3, 4))  # (B, T)
+        mean = (tiles * outside).sum(dim=(3, 4), keepdim=True) / outside.sum(dim=(3, 4), keepdim=True).clamp_min(1)
+        tiles = tiles * outside + mean * (1 - outside)
+        logits = self._logits(tiles.flatten(0, 1))
+        lp = {k: logits[k].log_softmax(-1).view(len(images), len(pos), -1) for k in ("pattern", "bg_color")}
+        res = []
+        for b in range(len(images)):
+            w = frac[b]
+            w = torch.where(w >= 0.5 * w.max(), w, torch.zeros_like(w)) ** 2
             w = w / w.sum().clamp_min(1e-8)
             out = {}
             for k, names, key in (("pattern", BACKGROUND_PATTERNS, "pattern"), ("bg_color", BACKGROUND_COLORS, "color")):
