@@ -142,7 +142,8 @@ def check_edit_size(image, params: EditParams) -> None:
 
 
 def load_for_args(args, params: EditParams):
-    """The pipeline, the model's name, and the CLIP scorer for ranking (None when ranking is off or unavailable)."""
+    """The pipeline, the model's name, the CLIP scorer for ranking (None when ranking is off or unavailable),
+    and the params with the model's default guidance filled in, so that results record it."""
     from .loading import default_model, load_pipeline, load_scorer
 
     model = args.model or default_model()
@@ -151,7 +152,9 @@ def load_for_args(args, params: EditParams):
     scorer = load_scorer(args.clip_model, model, pipe.device) if params.rank else None
     if params.rank and scorer is None:
         notice("results are not ranked: pass --clip-model (e.g. openai/clip-vit-base-patch16) to rank them")
-    return pipe, model, scorer
+    if params.guidance_scale is None:
+        params = dataclasses.replace(params, guidance_scale=pipe.default_guidance_scale)
+    return pipe, model, scorer, params
 
 
 def summarize(results, paths) -> list[dict]:
@@ -177,11 +180,9 @@ def run_edit_command(args: argparse.Namespace) -> dict:
                              image_name=repr(args.image), mask_name=repr(args.mask))
     check_edit_size(image, params)
     start = time.perf_counter()
-    pipe, model, scorer = load_for_args(args, params)
+    pipe, model, scorer, params = load_for_args(args, params)
     if model == TINY_RANDOM:
         notice("no model given and no bundled model installed: using tiny random components (results are noise)")
-    if params.guidance_scale is None:
-        params = dataclasses.replace(params, guidance_scale=pipe.default_guidance_scale)
     results = run_edit(pipe, image, mask, params, scorer=scorer)
     for result, path in zip(results, paths):
         save_png_atomic(result.image, path, metadata=result_metadata(params, result, model),
@@ -205,12 +206,11 @@ def run_demo_command(args: argparse.Namespace) -> dict:
         if existing:
             raise InputError(f"'{existing[0]}' already exists: pass --overwrite or choose another -o")
     start = time.perf_counter()
-    pipe, model, scorer = load_for_args(args, params)
+    pipe, model, scorer, params = load_for_args(args, params)
     scene, mask = demo_scene(size=64 if model == TINY_RANDOM else 128)
     if model == TINY_RANDOM:
         notice("the bundled model is not installed yet: this demo runs tiny random components, so the edited "
                "region shows noise; pass --model with a Stable Diffusion folder for a real edit")
-    params = dataclasses.replace(params, guidance_scale=params.guidance_scale or pipe.default_guidance_scale)
     results = run_edit(pipe, scene, mask, params, scorer=scorer)
     folder.mkdir(parents=True, exist_ok=True)
     save = lambda image, name, **kw: save_png_atomic(image, folder / name, overwrite=args.overwrite, **kw)
