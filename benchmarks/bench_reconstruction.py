@@ -30,7 +30,7 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL
 
-from bld.photo_vae import photo, train_photo_vae
+from bld.photo_vae import pasted_edit, photo, train_photo_vae
 from bld.reconstruction import crop_box, decode, encode_mean, psnr, reconstruct_background, vae_scale_factor
 from bld.reference_architectures import SD_VAE, random_init_
 
@@ -45,9 +45,7 @@ def scene(vae, size: int):
     top, left = (size - side) // 2, (size - side) // 3
     mask = torch.zeros(1, 1, size, size)
     mask[..., top:top + side, left:left + side] = 1
-    latents = encode_mean(vae, original * (1 - mask) + other * mask)
-    with torch.no_grad():
-        edited = decode(vae, latents)
+    edited, latents = pasted_edit(vae, original, other, mask)
     return original, edited, latents, mask
 
 

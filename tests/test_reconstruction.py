@@ -17,10 +17,10 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from bld.reconstruction import (METHODS, crop_box, decode, encode_mean, preserved_decoder, psnr, reconstruct_background,
+from bld.reconstruction import (METHODS, crop_box, preserved_decoder, psnr, reconstruct_background,
                                 reconstruct_images)
 
-from bld.photo_vae import photo, train_photo_vae
+from bld.photo_vae import pasted_edit, photo, train_photo_vae
 
 def edit_scene(vae, size: int = 64, seed: int = 0):
     """(original, edited, latents, mask): a held-out photo crop, a random rectangle (sides 1/4 to 1/2 of
@@ -32,9 +32,7 @@ def edit_scene(vae, size: int = 64, seed: int = 0):
     top, left = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
     mask = torch.zeros(1, 1, size, size)
     mask[..., top:top + h, left:left + w] = 1
-    latents = encode_mean(vae, original * (1 - mask) + other * mask)
-    with torch.no_grad():
-        edited = decode(vae, latents)
+    edited, latents = pasted_edit(vae, original, other, mask)
     return original, edited, latents, mask
 
 

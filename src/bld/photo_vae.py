@@ -68,3 +68,14 @@ def train_photo_vae(folder: str | Path | None = None, **training) -> Autoencoder
     if folder is not None:
         vae.save_pretrained(folder)
     return vae
+
+
+def pasted_edit(vae, original: torch.Tensor, other: torch.Tensor, mask: torch.Tensor):
+    """A decoded edit: `other` pasted into `original` inside `mask`, through the VAE, as a decoded result would
+    be. Returns (edited, latents); images (1, 3, H, W) in [-1, 1], mask (1, 1, H, W) in {0, 1}."""
+    from .reconstruction import decode, encode_mean
+
+    latents = encode_mean(vae, original * (1 - mask) + other * mask)
+    with torch.no_grad():
+        edited = decode(vae, latents)
+    return edited, latents
