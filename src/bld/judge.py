@@ -49,6 +49,7 @@ from .world import BACKGROUND_COLORS, BACKGROUND_PATTERNS, COLORS, SHAPES
 CROP = 32  # network input side, px
 WORLD = 64  # images are judged at this size
 TILE_STRIDE = 16
+EDIT_MIN_PROB = 0.9  # an edit counts as correct only when the judge is this sure of each answer
 OBJECT_COLORS = tuple(COLORS)
 HEADS = {"shape": SHAPES, "color": OBJECT_COLORS, "pattern": BACKGROUND_PATTERNS, "bg_color": BACKGROUND_COLORS}
 DEFAULT_WEIGHTS = Path(__file__).with_name("judge_weights") / "judge.safetensors"
@@ -69,9 +70,13 @@ class JudgeNet(nn.Module):
         self.widths = tuple(widths)
         self.heads = nn.ModuleDict({k: nn.Linear(c, len(v)) for k, v in HEADS.items()})
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, 32, 32) in [-1, 1] -> (B, C) globally pooled features (what the heads read)."""
+        return self.features(x).mean(dim=(2, 3))
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x: (B, 3, 32, 32) in [-1, 1] -> logits per head."""
-        h = self.features(x).mean(dim=(2, 3))
+        h = self.embed(x)
         return {k: head(h) for k, head in self.heads.items()}
 
 
@@ -369,6 +374,42 @@ class Judge:
         region to ignore, e.g. the kept rectangle of a "background" edit; None judges the whole image).
         -> {"pattern", "color", "pattern_prob", "color_prob", "pattern_probs", "color_probs"}."""
         return self.classify_backgrounds([image], [kept_mask])[0]
+
+    def judge_edits(self, results, tasks, min_prob: float = EDIT_MIN_PROB) -> list[dict]:
+        """Whether each edit result (RGB image) carries out its `world.EditTask`: "add"/"replace" — the
+        object in the mask's box has the target's shape and color, each with probability >= `min_prob`
+        (the judge has no "no object" class, so a confident answer stands in for "there is an object");
+        "background" — the pattern and color outside the kept rectangle are the target's, same threshold.
+        -> per result {"correct": bool, "kind", "features": (D,) tensor for diversity, plus the judge's answers}."""
+        results, tasks = list(results), list(tasks)
+        out: list[dict] = [{} for _ in results]
+        obj = [i for i, t in enumerate(tasks) if t.kind != "background"]
+        bg = [i for i, t in enumerate(tasks) if t.kind == "background"]
+        if obj:
+            answers = self.classify_regions([results[i] for i in obj], masks=[tasks[i].mask for i in obj])
+            for i, a in zip(obj, answers):
+                t = tasks[i].target
+                ok = (a["shape"] == t.shape and a["color"] == t.color
+                      and a["shape_prob"] >= min_prob and a["color_prob"] >= min_prob)
+                out[i] = {"correct": bool(ok), "kind": tasks[i].kind, **a}
+        if bg:
+            answers = self.classify_backgrounds([results[i] for i in bg], [~tasks[i].mask for i in bg])
+            for i, a in zip(bg, answers):
+                t = tasks[i].target
+                ok = (a["pattern"] == t.pattern and a["color"] == t.color
+                      and a["pattern_prob"] >= min_prob and a["color_prob"] >= min_prob)
+                out[i] = {"correct": bool(ok), "kind": "background", **a}
+        feats = self.region_features(results, [t.mask for t in tasks])
+        for o, f in zip(out, feats):
+            o["features"] = f
+        return out
+
+    @torch.no_grad()
+    def region_features(self, images, masks) -> torch.Tensor:
+        """(N, D) pooled penultimate features of the network on each image's mask box (as judged)."""
+        images = list(images)
+        x = crop_resize(_to_tensor(images), self._region_boxes(images, [mask_box(m) for m in masks], 1.0))
+        return self.model.embed(_normalize(x))
 
     # ------------------------------------------------------------------------------------------- evaluation
 
