@@ -124,3 +124,20 @@ def test_unet_trains_and_exports_a_standard_pipeline(vae_run, tmp_path):
     result = train_unet.train(train_unet.parse_args(
         ["--vae", str(vae_dir), "--out", str(out), "--steps", "4", "--batch", "4", "--resume", "--no-progress"]))
     assert result["step"] == 4
+
+
+def test_measure_writes_a_report_of_shares(tmp_path):
+    from bld.training import measure
+
+    out = tmp_path / "measure"
+    measure.main(["--model", "tiny-random", "--out", str(out), "--t2i", "3", "--edits", "2", "--steps", "2",
+                  "--num-images", "2", "--reconstruction", "pixel", "--threads", "1"])
+    report = json.loads((out / "report.json").read_text())
+    t2i = report["text_to_image"]
+    assert t2i["samples"] == 3
+    assert all(0 <= t2i[k] <= 1 for k in ("shape", "color", "shape_and_color", "pattern", "bg_color"))
+    edits = report["edits"]
+    assert edits["tasks"] == 2 and set(edits) >= {"add", "replace", "all"}
+    assert all(0 <= edits["all"][k] <= 1 for k in ("all_results", "best_of_n", "any_of_n"))
+    assert edits["all"]["background_psnr_min"] == float("inf")  # pixel reconstruction keeps the outside exactly
+    assert (out / "t2i.png").is_file() and (out / "edits.png").is_file()

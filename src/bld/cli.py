@@ -171,7 +171,7 @@ def notice(message: str) -> None:
 def run_edit_command(args: argparse.Namespace) -> dict:
     from .editing import result_metadata, run_edit, with_seed
     from .image_io import check_same_aspect, load_image, load_mask, save_png_atomic
-    from .loading import TINY_RANDOM
+    from .loading import BUNDLED_MODEL_DIR, TINY_RANDOM
 
     params = with_seed(params_from_args(args))
     paths = output_paths(args.output, params.num_images, args.overwrite)
@@ -183,6 +183,9 @@ def run_edit_command(args: argparse.Namespace) -> dict:
     pipe, model, scorer, params = load_for_args(args, params)
     if model == TINY_RANDOM:
         notice("no model given and no bundled model installed: using tiny random components (results are noise)")
+    elif model == str(BUNDLED_MODEL_DIR) and image.size != (64, 64):
+        notice("the bundled model knows only its 64 px world of shapes: for photos pass --model with Stable "
+               "Diffusion weights (a Hub id or a diffusers folder)")
     results = run_edit(pipe, image, mask, params, scorer=scorer)
     for result, path in zip(results, paths):
         save_png_atomic(result.image, path, metadata=result_metadata(params, result, model),
@@ -207,7 +210,7 @@ def run_demo_command(args: argparse.Namespace) -> dict:
             raise InputError(f"'{existing[0]}' already exists: pass --overwrite or choose another -o")
     start = time.perf_counter()
     pipe, model, scorer, params = load_for_args(args, params)
-    scene, mask = demo_scene(size=64 if model == TINY_RANDOM else 128)
+    scene, mask = demo_scene()
     if model == TINY_RANDOM:
         notice("the bundled model is not installed yet: this demo runs tiny random components, so the edited "
                "region shows noise; pass --model with a Stable Diffusion folder for a real edit")

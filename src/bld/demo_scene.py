@@ -1,23 +1,22 @@
-"""A small synthetic scene, its mask and the prompt for the demo (no files needed)."""
+"""The demo's input: a scene of the bundled model's world (bld.world), a mask over an empty area, a prompt."""
 
 from __future__ import annotations
 
+import numpy as np
 import PIL.Image
-import PIL.ImageDraw
 
+from .world import BackgroundSpec, ObjectSpec, Scene, render
 
 DEMO_PROMPT = "a red star"
+DEMO_SIZE = 64  # the bundled model's native size
+DEMO_BOX = (36, 18, 62, 46)  # x0, y0, x1, y1 (exclusive): 26 x 28 px, room for a 20-26 px object
 
 
-def demo_scene(size: int = 128) -> tuple[PIL.Image.Image, PIL.Image.Image]:
-    """A blue-to-teal gradient with a yellow disc on the left; the mask covers an empty area on the right."""
-    scene = PIL.Image.new("RGB", (size, size))
-    draw = PIL.ImageDraw.Draw(scene)
-    for y in range(size):
-        t = y / (size - 1)
-        draw.line([(0, y), (size, y)], fill=(int(40 + 20 * t), int(70 + 110 * t), int(200 - 40 * t)))
-    s = size / 128
-    draw.ellipse([18 * s, 40 * s, 58 * s, 80 * s], fill=(240, 200, 40))
-    mask = PIL.Image.new("L", (size, size), 0)
-    PIL.ImageDraw.Draw(mask).rectangle([72 * s, 36 * s, 112 * s, 84 * s], fill=255)
-    return scene, mask
+def demo_scene() -> tuple[PIL.Image.Image, PIL.Image.Image]:
+    """A yellow circle on blue stripes (64 x 64 px) and an "L" mask, 255 on an empty area to its right."""
+    scene = Scene(BackgroundSpec("stripes", "blue"), (ObjectSpec("circle", "yellow", (18.0, 34.0), 24.0),),
+                  DEMO_SIZE)
+    mask = np.zeros((DEMO_SIZE, DEMO_SIZE), np.uint8)
+    x0, y0, x1, y1 = DEMO_BOX
+    mask[y0:y1, x0:x1] = 255
+    return render(scene), PIL.Image.fromarray(mask, "L")

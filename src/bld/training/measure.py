@@ -1,0 +1,173 @@
+"""Measure a model of the world against the bundled model's quality bars, with the judge (bld.judge).
+
+    python -m bld.training.measure --model src/bld/bundled_model --out runs/measure [--t2i 240] [--edits 60]
+
+- Text-to-image: `--t2i` one-object scenes from a held-out stream, prompted with their full caption
+  ("a red star on blue stripes"); the judge reads the whole image. A sample counts when the object's shape
+  and color are the caption's (the judge's top answers); the background is reported too.
+- Edits: `--edits` world edit tasks with an object in the mask ("add" and "replace", random rectangles with
+  sides 1/5-1/2 of the image), `--num-images` results each, ranked by the model's CLIP, with the chosen
+  background reconstruction (default decoder, as the bar asks). A result counts when `Judge.judge_edits`
+  says so (the target's shape and color, each at probability >= 0.9). Reported: share of all results,
+  share of CLIP-ranked best results, share of tasks with any correct result, and the background PSNR
+  outside the mask against the source image. `--background-edits` adds inverted-mask background tasks.
+
+Writes report.json (also printed) and contact sheets t2i.png / edits.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import world
+from ..editing import run_edit
+from ..grid import make_grid
+from ..judge import load_judge
+from ..loading import default_model, load_pipeline, load_scorer
+from ..metrics import background_psnr
+from ..params import EditParams
+
+HELDOUT_BASE = 3_000  # streams [HELDOUT_BASE, seed, i]: never drawn by training (2-element [seed, i] seeds)
+
+
+def t2i_scenes(n: int, seed: int) -> list[world.Scene]:
+    return [world.sample_scene(np.random.default_rng([HELDOUT_BASE, seed, i]), max_objects=1) for i in range(n)]
+
+
+def edit_tasks(n: int, seed: int, kinds: tuple[str, ...] = ("add", "replace")) -> list[world.EditTask]:
+    return [world.sample_edit_task(np.random.default_rng([HELDOUT_BASE, seed, i, 1]), kind=kinds[i % len(kinds)])
+            for i in range(n)]
+
+
+def measure_text_to_image(pipe, judge, n: int, seed: int, steps: int, guidance: float, batch: int = 40):
+    """Sample each scene's full caption once; -> (summary, samples [(image, caption, verdict)])."""
+    from diffusers import StableDiffusionPipeline
+
+    t2i = StableDiffusionPipeline(**{k: v for k, v in pipe.components.items()
+                                     if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
+                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    t2i.set_progress_bar_config(disable=True)
+    scenes = t2i_scenes(n, seed)
+    samples = []
+    for start in tqdm(range(0, n, batch), desc="text-to-image", unit="batch"):
+        chunk = scenes[start:start + batch]
+        gens = [torch.Generator().manual_seed(seed * 100_003 + start + k) for k in range(len(chunk))]
+        images = t2i([s.caption() for s in chunk], num_inference_steps=steps, guidance_scale=guidance,
+                     generator=gens, height=64, width=64).images
+        objs = judge.classify_regions(images)
+        bgs = judge.classify_backgrounds(images)
+        for scene, image, o, b in zip(chunk, images, objs, bgs):
+            truth, bg = scene.objects[0], scene.background
+            samples.append((image, scene.caption(), {
+                "shape": o["shape"] == truth.shape, "color": o["color"] == truth.color,
+                "pattern": b["pattern"] == bg.pattern, "bg_color": b["color"] == bg.color}))
+    share = {k: float(np.mean([v[k] for _, _, v in samples])) for k in ("shape", "color", "pattern", "bg_color")}
+    share["shape_and_color"] = float(np.mean([v["shape"] and v["color"] for _, _, v in samples]))
+    share["everything"] = float(np.mean([all(v.values()) for _, _, v in samples]))
+    return {"samples": n, "steps": steps, "guidance": guidance, **share}, samples
+
+
+def measure_edits(pipe, scorer, judge, tasks, params: EditParams):
+    """Run every task with `params` (prompt = the task's); -> (summary, rows [(task, results, verdicts)])."""
+    rows, seconds = [], 0.0
+    for i, task in enumerate(tqdm(tasks, desc="edits", unit="task")):
+        p = dataclasses.replace(params, prompt=task.prompt, seed=params.seed + 1000 * i,
+                                invert_mask=False)
+        t0 = time.perf_counter()
+        results = run_edit(pipe, task.image, task.mask_image(), p, scorer)
+        seconds += time.perf_counter() - t0
+        verdicts = judge.judge_edits([r.image for r in results], [task] * len(results))
+        rows.append((task, results, verdicts))
+    summary = {"tasks": len(tasks), "results_per_task": params.num_images, "steps": params.num_inference_steps,
+               "skip_fraction": params.skip_fraction, "reconstruction": params.reconstruction,
+               "seconds_per_task": round(seconds / max(1, len(tasks)), 2)}
+    for kind in sorted({t.kind for t in tasks}) + ["all"]:
+        sel = [r for r in rows if kind == "all" or r[0].kind == kind]
+        all_ok = [v["correct"] for _, _, vs in sel for v in vs]
+        best_ok = [vs[0]["correct"] for _, _, vs in sel]  # results come CLIP-ranked, best first
+        any_ok = [any(v["correct"] for v in vs) for _, _, vs in sel]
+        psnrs = [background_psnr(t.image, r.image, t.mask) for t, rs, _ in sel for r in rs]
+        summary[kind] = {"tasks": len(sel), "all_results": float(np.mean(all_ok)),
+                         "best_of_n": float(np.mean(best_ok)), "any_of_n": float(np.mean(any_ok)),
+                         "background_psnr_mean": float(np.mean(psnrs)),
+                         "background_psnr_min": float(np.min(psnrs)),
+                         "background_psnr_at_least_35": float(np.mean(np.asarray(psnrs) >= 35))}
+    return summary, rows
+
+
+def t2i_sheet(samples, count: int = 24):
+    images = [im for im, _, _ in samples[:count]]
+    labels = [("ok " if v["shape"] and v["color"] else "x ") + cap.split(" on ")[0] for _, cap, v in samples[:count]]
+    return make_grid(images, labels, tile=128, columns=8)
+
+
+def edits_sheet(rows, count: int = 8):
+    images, labels = [], []
+    for task, results, verdicts in rows[:count]:
+        images += [task.image, task.mask_image()]
+        labels += [task.prompt[:20], task.kind]
+        for r, v in zip(results, verdicts):
+            images.append(r.image)
+            labels.append(f"{'ok' if v['correct'] else 'x'} {r.score:.2f}" if r.score is not None else "")
+    return make_grid(images, labels, tile=128, columns=2 + len(rows[0][1]))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="diffusers folder (default: the bundled model)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--t2i", type=int, default=240, help="text-to-image samples (0 skips)")
+    p.add_argument("--edits", type=int, default=60, help="object edit tasks (0 skips)")
+    p.add_argument("--background-edits", type=int, default=0, help="background edit tasks (inverted masks)")
+    p.add_argument("--num-images", type=int, default=4)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--skip-fraction", type=float, default=0.25)
+    p.add_argument("--reconstruction", default="decoder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = args.model or default_model()
+    pipe = load_pipeline(model, device="cpu", dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    scorer = load_scorer(None, model, torch.device("cpu"))
+    judge = load_judge()
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"model": model, "args": {k: str(v) for k, v in vars(args).items()}}
+    t0 = time.perf_counter()
+    if args.t2i:
+        report["text_to_image"], samples = measure_text_to_image(pipe, judge, args.t2i, args.seed, args.steps,
+                                                                 args.guidance)
+        t2i_sheet(samples).save(args.out / "t2i.png")
+    params = EditParams(prompt="", num_inference_steps=args.steps, guidance_scale=args.guidance,
+                        skip_fraction=args.skip_fraction, num_images=args.num_images, seed=args.seed,
+                        reconstruction=args.reconstruction)
+    for name, n, kinds in (("edits", args.edits, ("add", "replace")),
+                           ("background_edits", args.background_edits, ("background",))):
+        if n:
+            report[name], rows = measure_edits(pipe, scorer, judge, edit_tasks(n, args.seed + (name != "edits"), kinds),
+                                               params)
+            edits_sheet(rows).save(args.out / f"{name}.png")
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(f"wrote {args.out}/report.json and contact sheets", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
