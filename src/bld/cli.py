@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", default="bld-demo", help="folder for the results (default: bld-demo)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the first result (default: 0)")
     add_runtime_flags(demo)
+
+    serve = sub.add_parser("serve", help="start the web app: paint a mask, type a prompt, get ranked edits",
+                           description="Serve a web page (Gradio) for editing: the model loads once and requests "
+                                       "queue on it. Open the printed URL in a browser.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    add_runtime_flags(serve)
     return parser
 
 
@@ -230,6 +237,21 @@ def run_demo_command(args: argparse.Namespace) -> dict:
             "model": model, "seconds": round(time.perf_counter() - start, 3)}
 
 
+def run_serve_command(args: argparse.Namespace) -> dict:
+    from .loading import TINY_RANDOM, default_model
+    from .params import check_range
+    from .webapp import serve
+
+    check_range("--port", args.port, 1, 65535)
+    model = args.model or default_model()
+    if model == TINY_RANDOM:
+        notice("serving tiny random components (results are noise)"
+               + ("" if args.model else ": no model given and no bundled model installed"))
+    serve(model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, clip_model=args.clip_model,
+          on_ready=lambda url: notice(f"serving on {url} (Ctrl-C to stop)"))
+    return {"outputs": [], "model": model}
+
+
 def run_reconstruct_command(args: argparse.Namespace) -> dict:
     from .editing import edit_region, json_safe
     from .image_io import check_same_aspect, load_image, load_mask, save_png_atomic
@@ -286,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("BLD_DEBUG"):
         warnings.filterwarnings("ignore")  # library chatter; errors still get their one line
     args = build_parser().parse_args(argv)
-    command = {"edit": run_edit_command, "demo": run_demo_command, "reconstruct": run_reconstruct_command}[args.command]
+    command = {"edit": run_edit_command, "demo": run_demo_command, "reconstruct": run_reconstruct_command,
+               "serve": run_serve_command}[args.command]
     try:
         summary = command(args)
     except (InputError, ValueError) as exc:
