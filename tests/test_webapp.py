@@ -88,6 +88,25 @@ def test_edit_changes_only_the_painted_region(editor, scorer):
     assert editor.pipe.scheduler is editor.base_scheduler  # the shared pipeline is left as it was found
 
 
+class ProgressRecorder:
+    """Like gr.Progress: callable, and with a length of 0 (so falsy) until it tracks an iterable."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __len__(self):
+        return 0
+
+    def __call__(self, value, desc=None):
+        self.calls.append((value, desc))
+
+
+def test_progress_reaches_a_falsy_progress_object(editor):
+    progress = ProgressRecorder()
+    assert editor.edit(make_image(), make_mask(), "a cat", values=FAST, progress=progress).ok
+    assert ((3, 3), "denoising, step 3 of 3") in progress.calls
+
+
 def test_unranked_without_clip(pipe, tmp_path):
     outcome = WebEditor(pipe, None, results_dir=tmp_path).edit(make_image(), make_mask(), "x",
                                                                 values={**FAST, "num_images": 1.0})

@@ -1,7 +1,8 @@
 """The web app end to end in a real headless Chromium (Debian's `chromium`, driven by Playwright for Python).
 
 `bld serve --model tiny-random` runs as a subprocess on a free localhost port. The browser opens the page,
-uploads an image, paints one stroke with the brush, types a prompt, runs an edit and waits for the gallery;
+uploads an image, paints one stroke with the brush, types a prompt, starts a long edit (its progress bar
+must count diffusion steps) and stops it, runs a short edit and waits for the gallery;
 the best result, downloaded as the page serves it, must differ from the input inside the stroke (mean
 absolute difference above 10 levels) and equal it away from the stroke (every pixel farther than 10 px from
 the stroke's centre line within 1 level; the default pixel reconstruction makes it exact) and carry its
@@ -19,6 +20,7 @@ only the app's own files are served needs neither.
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -198,6 +200,16 @@ def test_paint_prompt_edit_in_a_real_browser(server, tmp_path):
                 page.mouse.move(*at(x, STROKE_Y))
             page.mouse.up()
 
+            # a long edit shows its progress per diffusion step, and Stop cancels it
+            page.fill("#param-num_inference_steps input[type=number]", "1000")
+            page.click("#run")
+            page.wait_for_function("document.querySelector('#gallery').innerText.match(/denoising, step \\d+ of 750/)",
+                                   timeout=60_000)
+            assert re.search(r"\d+/750 steps", page.inner_text("#gallery"))  # the bar's count
+            page.click("#stop")
+            assert "Cancelled." in wait_status("Cancelled")  # not "Nothing was running."
+
+            page.fill("#param-num_inference_steps input[type=number]", "4")
             page.click("#run")
             message = wait_status("Done")
             assert "2 results" in message and "best first" in message

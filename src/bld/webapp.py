@@ -247,7 +247,8 @@ class WebEditor:
              session: str = "") -> EditOutcome:
         """Run one request: the checks (each failure is a message for the page), then the edit on the shared
         model, results best first with their scores and metrics, each saved as a PNG with its parameters."""
-        progress = progress or (lambda *args, **kwargs: None)
+        if progress is None:  # not `progress or ...`: an idle gr.Progress has length 0, so it is falsy
+            progress = lambda *args, **kwargs: None  # noqa: E731
         try:
             if image is None:
                 raise InputError("upload an image first")
