@@ -36,6 +36,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from bld.webapp import MAX_UPLOAD_MB
 from conftest import make_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +137,7 @@ def stroke_distance(shape) -> np.ndarray:
 def test_paint_prompt_edit_in_a_real_browser(server, tmp_path):
     sync_playwright = _browser_or_skip()
     image = make_image()
-    image_path, text_path = tmp_path / "photo.png", tmp_path / "notes.png"
+    image_path, text_path, big_path = tmp_path / "photo.png", tmp_path / "notes.png", tmp_path / "huge.png"
     image.save(image_path)
     text_path.write_text("not an image")
     ARTIFACTS.mkdir(exist_ok=True)
@@ -170,6 +171,13 @@ def test_paint_prompt_edit_in_a_real_browser(server, tmp_path):
             assert "cannot read 'notes.png': not an image file" in wait_status("Error")
             page.click("#image-file button[aria-label='Clear']")
             wait_status("Upload an image")
+
+            # an upload over the size limit is refused before it is sent, with Gradio's message on the page
+            with open(big_path, "wb") as big:
+                big.truncate(MAX_UPLOAD_MB * 2**20 + 1)
+            page.set_input_files("#image-file input[type=file]", str(big_path))
+            page.get_by_text("exceed the maximum allowed size").wait_for(timeout=30_000)
+            assert "Upload an image" in status()  # nothing reached the app
 
             page.set_input_files("#image-file input[type=file]", str(image_path))
             assert "64x64" in wait_status("Loaded 'photo.png'")

@@ -483,7 +483,7 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
 def launch_kwargs(host: str, port: int | None, max_upload_mb: float = MAX_UPLOAD_MB) -> dict[str, Any]:
     """How the page is served: this host only, no share link, no widened file access, local fonts."""
     return dict(server_name=host, server_port=port, share=False, ssr_mode=False, allowed_paths=[],
-                max_file_size=f"{max_upload_mb:g}mb", show_error=True, inbrowser=False, quiet=True,
+                max_file_size=int(max_upload_mb * 2**20), show_error=True, inbrowser=False, quiet=True,
                 pwa=False, mcp_server=False)
 
 
