@@ -9,7 +9,6 @@ import torch
 from scipy import ndimage
 
 from bld.cli import main
-from bld.evaluation import EvalConfig, run_eval
 from bld.evaluation import methods as M
 from bld.evaluation import scoring, suite
 from bld.judge import load_judge

@@ -36,7 +36,6 @@ from ..sampling import Finishing
 from ..world import EditTask
 
 RECONSTRUCTIONS = ("none", "pixel", "poisson", "latent", "decoder")
-COSTLY_RECONSTRUCTIONS = ("latent", "decoder")  # run on the top-ranked results only (ctx.reconstruct_top)
 
 
 class RegenerationPipeline(BlendedLatentDiffusionPipeline):

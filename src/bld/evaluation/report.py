@@ -151,7 +151,7 @@ def claims_table(summary: dict) -> list[str]:
 
 
 def markdown(summary: dict) -> str:
-    cfg, st, env = summary["config"], summary["settings"], summary["environment"]
+    st, env = summary["settings"], summary["environment"]
     main, thin = summary["suites"]["main"], summary["suites"]["thin"]
     cal = summary["judge"]["calibration"]
     kinds = lambda s: ", ".join(f"{n} {k}" for k, n in s["kinds"].items()) or "none"
