@@ -236,6 +236,8 @@ def test_paint_prompt_edit_in_a_real_browser(server, tmp_path):
             browser.close()
 
     assert blocked == []  # the page asked nothing of any other host: it works offline
+    served = sources[0].split("gradio_api/file=", 1)[1]
+    assert Path(served).parent.parent.name == "results" and Path(served).parents[2].name.startswith("bld-serve-")
     for name in ("bld-1-seed", "bld-2-seed"):  # the scores table and the download list show both results
         assert name in table and name in downloads
     assert "bld-3-seed" not in table
