@@ -490,9 +490,10 @@ def launch_kwargs(host: str, port: int | None, max_upload_mb: float = MAX_UPLOAD
 def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int | None = 7860, device: str = "auto",
           dtype: str = "auto", clip_model: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
           block: bool = True, on_ready: Callable[[str], None] | None = None):
-    """Load the model once (default: the bundled one) and serve the page until Ctrl-C (block=False: return
-    the launched gr.Blocks). Uploads, results and Gradio's cache live in one temporary folder owned by this
-    process (GRADIO_TEMP_DIR), deleted on exit; nothing else on disk is served."""
+    """Load the model once (default: the bundled one) and serve the page until Ctrl-C or SIGTERM. Uploads,
+    results and Gradio's cache live in one temporary folder owned by this process (GRADIO_TEMP_DIR), deleted
+    on exit; nothing else on disk is served. block=False returns the launched gr.Blocks at once; closing it
+    and removing its folder (`app.bld_root`) are then the caller's."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     root = Path(tempfile.mkdtemp(prefix="bld-serve-"))
@@ -506,6 +507,7 @@ def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int | None
     pipe.set_progress_bar_config(disable=True)
     scorer = load_scorer(clip_model, model, pipe.device)
     app = build_app(pipe, scorer, model=model, results_dir=root / "results", max_upload_mb=max_upload_mb)
+    app.bld_root = root
     app.queue(default_concurrency_limit=1, max_size=32)
     try:
         app.launch(**launch_kwargs(host, port, max_upload_mb), prevent_thread_lock=True)
