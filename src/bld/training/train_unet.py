@@ -126,7 +126,7 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint if it exists")
-    p.add_argument("--lr", type=float, default=3e-4, help="UNet learning rate")
+    p.add_argument("--lr", type=float, default=3e-4, help="UNet learning rate (a resumed run takes the one given now)")
     p.add_argument("--text-lr", type=float, default=1e-4, help="CLIP model learning rate")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--cfg-drop", type=float, default=0.1, help="share of captions replaced by ''")
@@ -184,6 +184,8 @@ def train(args) -> dict:
         clip.load_state_dict(load_file(ckpt / "clip" / "model.safetensors"), strict=False)
         if not args.export:
             opt.load_state_dict(state["optimizer"])
+            for group, lr in zip(opt.param_groups, (args.lr, args.text_lr)):  # a resumed run may change them
+                group["base_lr"] = lr
             set_rng_state(state["rng"])
         if ema_unet is not None and state.get("ema_unet") is not None:
             ema_unet.load_state_dict(state["ema_unet"])
