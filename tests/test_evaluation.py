@@ -153,6 +153,19 @@ def test_judge_accepts_ideal_edits_and_rejects_unedited_sources(judge):
         assert ideal["features"].shape == source["features"].shape
 
 
+def test_partial_credit_counts_color_and_form_separately(judge):
+    replace = suite.main_suite(2, seed=0)[1]
+    old = next(o for o in replace.scene.objects if o.center == replace.target.center)
+    j = scoring.judge_and_measure(judge, 0, replace, [replace.ground_truth(), replace.image])
+    assert j.correct == [True, False] and j.color_correct[0] and j.form_correct[0]
+    assert j.color_correct[1] == (old.color == replace.target.color)
+    assert j.form_correct[1] == (old.shape == replace.target.shape)
+    m = scoring.summarize([j])
+    assert m["color_precision"] == np.mean(j.color_correct) and m["form_precision"] == np.mean(j.form_correct)
+    thin = scoring.judge_and_measure(judge, 0, suite.thin_suite(1)[0], [suite.thin_suite(1)[0].ground_truth()])
+    assert thin.form_correct == [None] and math.isnan(scoring.summarize([thin])["form_precision"])
+
+
 # ----------------------------------------------------------------------------------------------- methods
 
 @pytest.fixture(scope="module")
@@ -244,6 +257,7 @@ def test_quick_run_writes_the_report(tmp_path, capsys):
                  "reference:ground-truth", "reference:source"):
         m = main_metrics[name]
         for key in ("batch_precision", "batch_precision_ci", "best_precision", "any_correct", "diversity",
+                    "color_precision", "form_precision",
                     "background_psnr", "background_ssim", "edge_delta_e", "edge_delta_e_seam", "seconds_per_result"):
             assert key in m, (name, key)
     assert set(report["metrics"]["reconstruction"]) == {f"recon-{r}" for r in M.RECONSTRUCTIONS}
@@ -256,7 +270,7 @@ def test_quick_run_writes_the_report(tmp_path, capsys):
         assert (out / rel).stat().st_size > 0
     assert set(report["files"]["plots"]) == {"precision_vs_skip.png", "background_psnr.png"}
     md = (out / "report.md").read_text()
-    for heading in ("## Main suite", "## Background reconstruction", "## Thin masks",
+    for heading in ("## Main suite", "### Partial credit", "## Background reconstruction", "## Thin masks",
                     "## Skipped fraction of the schedule", "## The paper's claims, measured"):
         assert heading in md
     assert "| BLD (default) |" in md

@@ -100,6 +100,15 @@ def kind_table(summary: dict, table: str = "main", order=MAIN_ORDER) -> list[str
     return _table(header, rows)
 
 
+def partial_table(summary: dict, table: str = "main", order=MAIN_ORDER) -> list[str]:
+    """Partial credit: how often the color alone, and the shape or pattern alone, came out right."""
+    metrics, info = summary["metrics"][table], summary["methods"]
+    header = ["method", "color right", "shape / pattern right", "both (batch precision)"]
+    rows = [[info[n]["label"], pct(metrics[n].get("color_precision")), pct(metrics[n].get("form_precision")),
+             pct(metrics[n]["batch_precision"])] for n in _ordered(metrics, order)]
+    return _table(header, rows)
+
+
 def reconstruction_table(summary: dict) -> list[str]:
     metrics, info = summary["metrics"]["reconstruction"], summary["methods"]
     header = ["reconstruction", "precision of these results", "background PSNR (dB)", "background SSIM",
@@ -174,7 +183,8 @@ def markdown(summary: dict) -> str:
     ]
     if summary["metrics"]["main"]:
         lines += ["## Main suite", "", *main_table(summary), "", "### Precision by kind of edit", "",
-                  *kind_table(summary), ""]
+                  *kind_table(summary), "", "### Partial credit (share of all results)", "",
+                  *partial_table(summary), ""]
     if summary["metrics"]["reconstruction"]:
         lines += ["## Background reconstruction", "",
                   f"The top {st['reconstruct_top']} ranked result(s) of each BLD (default) run, finished with each "

@@ -11,6 +11,9 @@ The judge is the world classifier (`bld.judge`), never the CLIP model that ranks
 - best-result precision: share of tasks whose first result (the CLIP-ranked best, or the first
   generated when unranked) is correct.
 - any correct: share of tasks with at least one correct result (what a perfect ranker would reach).
+- partial credit: color precision, the share of results whose judged color is the target's, and form
+  precision, the share whose shape (object tasks) or pattern (background tasks) is, each with the
+  same probability threshold (thin tasks have no form).
 - diversity: mean over tasks with two or more correct results of the mean pairwise cosine distance
   (1 - cosine similarity) between the correct results' judge features (`Judge.region_features`: the
   pooled penultimate features on the mask's box). 0 for identical results.
@@ -60,6 +63,8 @@ class Judged:
     background_ssim: list[float] = field(default_factory=list)
     edge_delta_e: list[float] = field(default_factory=list)
     answers: list[dict] = field(default_factory=list)
+    color_correct: list[bool] = field(default_factory=list)  # the target's color, judged as sure as `correct`
+    form_correct: list[bool | None] = field(default_factory=list)  # its shape (objects) or pattern; None: thin
 
 
 def judge_thin(judge: Judge, images, tasks, min_prob: float = EDIT_MIN_PROB) -> list[dict]:
@@ -99,6 +104,14 @@ def judge_and_measure(judge: Judge, task_index: int, task: EditTask, images, *, 
                     list(scores) if scores is not None else [None] * len(images),
                     list(seeds) if seeds is not None else [None] * len(images), seconds, failed,
                     answers=[_answer_record(a) for a in answers])
+    target = task.target
+    for a in answers:
+        judged.color_correct.append(not failed and a["color"] == target.color and a["color_prob"] >= min_prob)
+        if task.kind in THIN_KINDS:
+            judged.form_correct.append(None)
+        else:
+            key = "pattern" if task.kind == "background" else "shape"
+            judged.form_correct.append(not failed and a[key] == getattr(target, key) and a[f"{key}_prob"] >= min_prob)
     for image in images:
         judged.background_psnr.append(image_metrics.background_psnr(task.image, image, task.mask))
         judged.background_ssim.append(image_metrics.background_ssim(task.image, image, task.mask))
@@ -183,6 +196,8 @@ def summarize(judged: list[Judged], draws: np.ndarray | None = None) -> dict:
         "batch_precision": batch, "batch_precision_ci": [batch_lo, batch_hi],
         "best_precision": best, "best_precision_ci": [best_lo, best_hi],
         "any_correct": float(arrays["any"].mean()),
+        "color_precision": _finite_mean([float(c) for j in judged for c in j.color_correct]),
+        "form_precision": _finite_mean([float(c) for j in judged for c in j.form_correct if c is not None]),
         "diversity": div, "diversity_tasks": div_n,
         "background_psnr": psnr_from_psnrs([p for j in ok for p in j.background_psnr]),
         "background_ssim": _finite_mean([s for j in ok for s in j.background_ssim]),
