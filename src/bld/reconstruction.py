@@ -222,10 +222,10 @@ def poisson_blend(original: torch.Tensor, edited: torch.Tensor, mask: torch.Tens
     """OpenCV seamlessClone (NORMAL_CLONE) of each connected component of the mask, on its bounding box.
 
     Each image is padded by POISSON_PAD reflected pixels (the mask is extended into the padding where it
-    touches the border), so that regions at the image border clone correctly, then cropped back. Outside
-    the components' bounding boxes the result is exactly the original; inside them it is the Poisson
-    solution (uint8 precision), which pins the box's outer ring to the original. Components thinner than
-    3 px have no interior to solve and keep the original.
+    touches the border), so that regions at the image border clone correctly, then cropped back. Inside
+    the mask the result is the Poisson solution (uint8 precision); outside it, exactly the original (also
+    inside a component's bounding box, e.g. the kept rectangle of an inverted mask). Components thinner
+    than 3 px have no interior to solve and keep the original.
     """
     p = POISSON_PAD
     result = original.float().clone()
@@ -245,7 +245,7 @@ def poisson_blend(original: torch.Tensor, edited: torch.Tensor, mask: torch.Tens
             component[:, [0, -1]] = 0
             x, y, w, h = cv2.boundingRect(component)
             dst = cv2.seamlessClone(src, dst, component, (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)
-            changed[top:top + height, left:left + width] = True
+            changed |= labels == label
         if changed.any():
             cloned = _from_uint8(dst[p:-p, p:-p]).to(result.device)
             where = torch.from_numpy(changed).to(result.device)
