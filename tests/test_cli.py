@@ -11,7 +11,7 @@ from bld.editing import params_from_metadata
 from bld.image_io import read_png_metadata
 from conftest import make_image, make_mask
 
-FAST = ["--steps", "4", "--num-results", "2", "--seed", "11"]
+FAST = ["--steps", "4", "--num-results", "2", "--seed", "11", "--model", "tiny-random"]  # CLI mechanics, unranked order
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_any_result_can_be_remade_alone_from_its_seed(files, capsys):
     folder, image, mask = files
     run(capsys, "edit", image, mask, "a red star", "-o", folder / "batch.png", *FAST)
     code, _, _ = run(capsys, "edit", image, mask, "a red star", "-o", folder / "alone.png",
-                     "--steps", "4", "--num-results", "1", "--seed", "12")
+                     "--steps", "4", "--num-results", "1", "--seed", "12", "--model", "tiny-random")
     assert code == 0
     batch_second = np.asarray(PIL.Image.open(folder / "batch-2.png"), dtype=int)
     alone = np.asarray(PIL.Image.open(folder / "alone.png"), dtype=int)
@@ -94,7 +94,10 @@ def test_demo_writes_a_grid_and_refuses_to_overwrite(tmp_path, capsys):
     scores = [o["score"] for o in summary["outputs"]]
     assert scores == sorted(scores, reverse=True)  # ranked best first
     assert all(o["metrics"]["background_psnr"] == "inf" for o in summary["outputs"])  # pixel reconstruction
-    assert "tiny random components" in err
+    from bld.loading import TINY_RANDOM, default_model
+
+    assert summary["model"] == default_model()
+    assert ("tiny random components" in err) == (default_model() == TINY_RANDOM)
     grid = PIL.Image.open(tmp_path / "demo" / "grid.png")
     assert grid.width > 3 * 128
     code, _, err = run(capsys, "demo", "-o", tmp_path / "demo")
@@ -125,7 +128,7 @@ def bad_file(folder, name, content):
     ("steps", "num_inference_steps=0 is out of range"),
     ("guidance", "guidance_scale=-2.0 is out of range"),
     ("skip", "skip_fraction=1.0 is out of range"),
-    ("width", "width=65 must be a multiple of 2"),
+    ("width", "width=65 must be a multiple of"),
     ("jpg_output", "must end in .png"),
     ("missing_folder", "does not exist: create it"),
     ("model_folder", "has no model_index.json"),
