@@ -216,6 +216,9 @@ def test_paint_prompt_edit_in_a_real_browser(server, tmp_path):
             assert re.search(r"\d+/750 steps", page.inner_text("#gallery"))  # the bar's count
             page.click("#stop")
             assert "Cancelled." in wait_status("Cancelled")  # not "Nothing was running."
+            # the cancelled event ends at its next step; Gradio ignores Edit clicks until it has ended
+            page.wait_for_function("!document.querySelector('#gallery').innerText.match(/denoising/)",
+                                   timeout=60_000)
 
             page.fill("#param-num_inference_steps input[type=number]", "4")
             page.click("#run")
