@@ -59,3 +59,12 @@ def image():
 @pytest.fixture
 def mask():
     return make_mask()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a test module: on a shared CPU more threads than free cores make every op spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

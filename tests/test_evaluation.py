@@ -20,14 +20,6 @@ def judge():
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def scorer(tmp_path_factory):
     from bld.tiny_clip import tiny_clip
 

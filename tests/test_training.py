@@ -11,13 +11,7 @@ from bld.training.tokenizer import MODEL_MAX_LENGTH, check_word_level, write_wor
 from bld.world import sample_batch, sample_edit_task, vocabulary
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the CPU is shared: more threads than free cores makes every op spin
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
