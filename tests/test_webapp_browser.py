@@ -215,7 +215,7 @@ def test_paint_prompt_edit_in_a_real_browser(server, tmp_path):
                                    timeout=60_000)
             assert re.search(r"\d+/750 steps", page.inner_text("#gallery"))  # the bar's count
             page.click("#stop")
-            assert "Cancelled." in wait_status("Cancelled")  # not "Nothing was running."
+            assert "Cancelled: nothing was produced." in wait_status("Cancelled")  # not "Nothing was running."
             # the cancelled event ends at its next step; Gradio ignores Edit clicks until it has ended
             page.wait_for_function("!document.querySelector('#gallery').innerText.match(/denoising/)",
                                    timeout=60_000)

@@ -50,6 +50,10 @@ KEEP_REQUESTS = 32
 ProgressFn = Callable[..., Any]
 
 
+CANCELLED_MESSAGE = "**Cancelled:** nothing was produced."
+"""Shown by Stop and by the cancelled edit itself (both write the status; whichever lands last, it reads the same)."""
+
+
 class EditCancelled(Exception):
     """Raised inside the sampling loop when the request's Stop button was pressed."""
 
@@ -276,7 +280,7 @@ class WebEditor:
         try:
             return self._run(image, mask_image, params, progress, cancel)
         except EditCancelled:
-            return EditOutcome(message="**Cancelled:** nothing was produced.", params=params)
+            return EditOutcome(message=CANCELLED_MESSAGE, params=params)
         except (InputError, ValueError) as exc:
             return EditOutcome(message=error_message(exc), params=params)
         finally:
@@ -464,7 +468,7 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
 
         def on_stop(request: gr.Request):
             running = editor.cancel(request.session_hash or "")
-            return "**Cancelled.**" if running else "Nothing was running."
+            return CANCELLED_MESSAGE if running else "Nothing was running."
 
         image_file.upload(on_image, image_file, [source, paint, status], api_name="load_image")
         image_file.clear(on_image, image_file, [source, paint, status], api_visibility="private")
