@@ -104,6 +104,22 @@ def test_claims_compare_methods_over_the_same_tasks():
     assert unranked[0]["verdict"] == "not measurable"
 
 
+def test_reconstruction_claims_leave_exact_methods_out_of_the_background_comparison():
+    kinds = ("add", "replace")
+    decoder = [judged([True], task=i, kind=kinds[i % 2], psnr=[40.0]) for i in range(6)]
+    none = [judged([True], task=i, kind=kinds[i % 2], psnr=[20.0]) for i in range(6)]
+    poisson = [judged([False], task=i, kind=kinds[i % 2]) for i in range(6)]  # exact outside, colors shifted
+    pixel = [judged([True], task=i, kind=kinds[i % 2]) for i in range(6)]
+    claims = scoring.evaluate_claims({"recon-decoder": decoder, "recon-none": none, "recon-poisson": poisson,
+                                      "recon-pixel": pixel}, ranked=True, reps=200)
+    by = {c["comparison"]: c for c in claims}
+    assert by["background RMSE: decoder - none"]["verdict"] == "holds"
+    assert "background RMSE: decoder - poisson" not in by and "background RMSE: decoder - pixel" not in by
+    colors = by["precision of the reconstructed results: decoder - poisson"]
+    assert colors["difference"] == pytest.approx(1.0) and colors["verdict"] == "holds"
+    assert by["edge ΔE on add/replace tasks: decoder - pixel"]["verdict"] == "not shown"  # equal seams here
+
+
 # ----------------------------------------------------------------------------------------------- suites and judging
 
 def test_main_suite_is_seeded_with_kinds_in_turn():

@@ -135,7 +135,7 @@ def add_eval_parser(sub) -> None:
                         description="Run BLD variants, background reconstructions and baselines on a fixed, seeded "
                                     "suite of world edit tasks and a thin-mask suite; judge every result with the "
                                     "world classifier; write report.md, report.json, results.jsonl, plots and "
-                                    "example grids to OUTPUT. The default run takes about 30 minutes on a 2-core "
+                                    "example grids to OUTPUT. The default run takes about 16 minutes on a 2-core "
                                     "CPU with the bundled model; --quick about 2.")
     ev.add_argument("-o", "--output", required=True, help="report folder (created if missing)")
     ev.add_argument("--quick", action="store_true",

@@ -25,7 +25,7 @@ REPORT_FILES = ("report.md", "report.json", "results.jsonl")
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Sizes and settings of an evaluation run (the defaults are the full run, about 30 minutes on a 2-core
+    """Sizes and settings of an evaluation run (the defaults are the full run, about 16 minutes on a 2-core
     CPU with the bundled model; `quick()` is the smoke-test run)."""
 
     tasks: int = 72  # main suite: a third each of add, replace, background
