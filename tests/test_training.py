@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bld.training.tokenizer import MODEL_MAX_LENGTH, check_word_level, write_world_tokenizer
-from bld.world import sample_batch, sample_edit_task, vocabulary
+from bld.world import SHAPES, sample_batch, sample_edit_task, vocabulary
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -130,6 +130,8 @@ def test_measure_writes_a_report_of_shares(tmp_path):
     t2i = report["text_to_image"]
     assert t2i["samples"] == 3
     assert all(0 <= t2i[k] <= 1 for k in ("shape", "color", "shape_and_color", "pattern", "bg_color"))
+    assert set(t2i["shape_by_prompted_shape"]) <= set(SHAPES)
+    assert all(0 <= v <= 1 for v in t2i["shape_by_prompted_shape"].values())
     edits = report["edits"]
     assert edits["tasks"] == 2 and set(edits) >= {"add", "replace", "all"}
     assert all(0 <= edits["all"][k] <= 1 for k in ("all_results", "best_of_n", "any_of_n"))

@@ -4,7 +4,8 @@
 
 - Text-to-image: `--t2i` one-object scenes from a held-out stream, prompted with their full caption
   ("a red star on blue stripes"); the judge reads the whole image. A sample counts when the object's shape
-  and color are the caption's (the judge's top answers); the background is reported too.
+  and color are the caption's (the judge's top answers); the background is reported too, and the shape
+  share per prompted shape (which shapes the model draws, which it does not).
 - Edits: `--edits` world edit tasks with an object in the mask ("add" and "replace", random rectangles with
   sides 1/5-1/2 of the image), `--num-images` results each, ranked by the model's CLIP, with the chosen
   background reconstruction (default decoder, as the bar asks). A result counts when `Judge.judge_edits`
@@ -73,6 +74,10 @@ def measure_text_to_image(pipe, judge, n: int, seed: int, steps: int, guidance: 
     share = {k: float(np.mean([v[k] for _, _, v in samples])) for k in ("shape", "color", "pattern", "bg_color")}
     share["shape_and_color"] = float(np.mean([v["shape"] and v["color"] for _, _, v in samples]))
     share["everything"] = float(np.mean([all(v.values()) for _, _, v in samples]))
+    by_shape = {}
+    for scene, (_, _, v) in zip(scenes, samples):
+        by_shape.setdefault(scene.objects[0].shape, []).append(v["shape"])
+    share["shape_by_prompted_shape"] = {k: float(np.mean(by_shape[k])) for k in world.SHAPES if k in by_shape}
     return {"samples": n, "steps": steps, "guidance": guidance, **share}, samples
 
 
