@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bld.training.tokenizer import MODEL_MAX_LENGTH, check_word_level, write_world_tokenizer
-from bld.world import SHAPES, sample_batch, sample_edit_task, vocabulary
+from bld.world import COLORS, SHAPES, sample_batch, sample_edit_task, vocabulary
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,18 +76,84 @@ def test_vae_trains_checkpoints_and_resumes(vae_run):
     assert 0 <= report["object_color_nearest_correct"] <= 1 and 0 <= report["object_shape_iou"] <= 1
 
 
-def test_unet_trains_and_exports_a_standard_pipeline(vae_run, tmp_path):
+@pytest.fixture(scope="module")
+def clip_run(tmp_path_factory):
+    from bld.training import train_clip
+
+    out = tmp_path_factory.mktemp("clip")
+    common = ["--out", str(out), "--batch", "8", "--seed", "0", "--log-every", "1", "--ckpt-every", "2",
+              "--eval-every", "2", "--no-progress", "--threads", "1"]
+    first = train_clip.train(train_clip.parse_args(common + ["--steps", "2"]))
+    return out, first, common
+
+
+def test_clip_trains_resumes_and_exports_a_clip_model(clip_run):
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from bld.training import train_clip
+
+    out, first, common = clip_run
+    assert first["step"] == 2 and set(first["zero_shot"]) == {"shape_object", "shape_full", "color_object"}
+    assert all(0 <= v <= 1 for v in first["zero_shot"].values())
+    second = train_clip.train(train_clip.parse_args(common + ["--steps", "3", "--resume"]))
+    assert second["step"] == 3
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x["event"] == "train"] == [1, 2, 3]  # continued, not restarted
+    assert any(x["event"] == "eval" for x in lines)
+    clip = CLIPModel.from_pretrained(out / "clip")
+    tok = CLIPTokenizer.from_pretrained(out / "clip")
+    assert tok("a red star").input_ids[1:-1] == tok.convert_tokens_to_ids(["a</w>", "red</w>", "star</w>"])
+    assert clip.config.text_config.vocab_size == len(tok.get_vocab())
+
+
+def test_clip_batches_are_seeded_views_with_their_captions():
+    from bld.training.train_clip import clip_batch
+
+    x, captions, negatives = clip_batch(3, 10, 40)
+    x2, captions2, negatives2 = clip_batch(3, 10, 40)
+    assert torch.equal(x, x2) and captions == captions2 and negatives == negatives2
+    assert x.shape == (40, 3, 64, 64) and 0 <= float(x.min()) and float(x.max()) <= 1
+    # masked views (an object's caption, black outside a rectangle) and inverted ones (background caption)
+    black = (x.sum(1) == 0).float().mean((1, 2))
+    assert (black > 0.3).any()
+    for cap, negs in zip(captions, negatives):
+        assert cap not in negs and all(len(n.split()) == len(cap.split()) for n in negs)
+
+
+def test_hard_negatives_swap_each_other_shape_and_some_colors_and_keep_articles():
+    from bld.training.train_clip import hard_negatives
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        negs = hard_negatives(rng, "a red star on blue stripes")
+        shape_swaps = [n for n in negs if n.startswith("a red ") and n.endswith(" on blue stripes")]
+        assert sorted(n.split()[2] for n in shape_swaps) == sorted(s for s in SHAPES if s != "star")
+        color_swaps = [n for n in negs if n not in shape_swaps]
+        assert len(color_swaps) == 2
+        for n in color_swaps:  # one color word differs (the object's or the background's), articles agree
+            words, original = n.split(), "a red star on blue stripes".split()
+            changed = [k for k, (a, b) in enumerate(zip(words, original)) if a != b and k > 0]
+            assert len(changed) == 1 and words[changed[0]] in COLORS
+            assert words[0] == ("an" if words[1][0] in "aeiou" else "a")
+    # another object of the same scene is not a negative
+    assert all(n != "a blue circle" for _ in range(50)
+               for n in hard_negatives(rng, "a red circle", {"a red circle", "a blue circle"}))
+    assert hard_negatives(rng, "purple dots", shapes=5, colors=7) and all(
+        n.endswith(" dots") for n in hard_negatives(rng, "purple dots"))
+
+
+def test_unet_trains_and_exports_a_standard_pipeline(vae_run, clip_run, tmp_path):
     from diffusers import StableDiffusionPipeline
 
     from bld import BlendedLatentDiffusionPipeline
     from bld.ranking import ClipScorer
     from bld.training import train_unet
 
-    vae_dir = vae_run[0]
+    vae_dir, clip_dir = vae_run[0], clip_run[0]
     out = tmp_path / "unet"
     result = train_unet.train(train_unet.parse_args(
-        ["--vae", str(vae_dir), "--out", str(out), "--steps", "3", "--batch", "4", "--log-every", "1",
-         "--ckpt-every", "2", "--no-progress"]))
+        ["--vae", str(vae_dir), "--clip", str(clip_dir), "--out", str(out), "--steps", "3", "--batch", "4",
+         "--log-every", "1", "--ckpt-every", "2", "--no-progress", "--threads", "1"]))
     assert result["step"] == 3
     assert json.loads((out / "checkpoint" / "meta.json").read_text())["step"] == 3
     folder = out / "pipeline"
@@ -101,6 +167,13 @@ def test_unet_trains_and_exports_a_standard_pipeline(vae_run, tmp_path):
     image = pipe("a red star on blue dots", num_inference_steps=2, output_type="pil",
                  generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
+    # the frozen text tower is the CLIP model's: the exported text encoder equals it
+    from transformers import CLIPModel
+
+    clip = CLIPModel.from_pretrained(clip_dir / "clip")
+    ids = pipe.tokenizer("a red star", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(pipe.text_encoder(ids).last_hidden_state, clip.text_model(input_ids=ids).last_hidden_state)
 
     bld_pipe = BlendedLatentDiffusionPipeline.from_pretrained(folder)
     bld_pipe.set_progress_bar_config(disable=True)
@@ -114,9 +187,9 @@ def test_unet_trains_and_exports_a_standard_pipeline(vae_run, tmp_path):
     scores = scorer.score([edited, image], "a red star", PIL.Image.fromarray(mask))
     assert len(scores) == 2 and all(-1 <= s <= 1 for s in scores)
 
-    # resume continues from the checkpoint's step
+    # resume continues from the checkpoint's step, finding the VAE and CLIP folders in its meta.json
     result = train_unet.train(train_unet.parse_args(
-        ["--vae", str(vae_dir), "--out", str(out), "--steps", "4", "--batch", "4", "--resume", "--no-progress"]))
+        ["--out", str(out), "--steps", "4", "--batch", "4", "--resume", "--no-progress", "--threads", "1"]))
     assert result["step"] == 4
 
 
