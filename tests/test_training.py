@@ -82,7 +82,7 @@ def clip_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("clip")
     common = ["--out", str(out), "--batch", "8", "--seed", "0", "--log-every", "1", "--ckpt-every", "2",
-              "--eval-every", "2", "--no-progress", "--threads", "1"]
+              "--eval-every", "1", "--no-progress", "--threads", "1", "--pretrain-steps", "1", "--pretrain-batch", "4"]
     first = train_clip.train(train_clip.parse_args(common + ["--steps", "2"]))
     return out, first, common
 
@@ -93,13 +93,15 @@ def test_clip_trains_resumes_and_exports_a_clip_model(clip_run):
     from bld.training import train_clip
 
     out, first, common = clip_run
-    assert first["step"] == 2 and set(first["zero_shot"]) == {"shape_object", "shape_full", "color_object"}
+    assert first["step"] == 3 and set(first["zero_shot"]) == {"shape_object", "shape_full", "color_object", "shape_masked"}
     assert all(0 <= v <= 1 for v in first["zero_shot"].values())
     second = train_clip.train(train_clip.parse_args(common + ["--steps", "3", "--resume"]))
-    assert second["step"] == 3
+    assert second["step"] == 4
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines if x["event"] == "train"] == [1, 2, 3]  # continued, not restarted
-    assert any(x["event"] == "eval" for x in lines)
+    train = [(x["phase"], x["step"]) for x in lines if x["event"] == "train"]
+    assert train == [("pretrain", 1), ("contrastive", 2), ("contrastive", 3), ("contrastive", 4)]  # resumed
+    evals = [x for x in lines if x["event"] == "eval"]
+    assert "pretrain_shape" in evals[0] and "shape_masked" in evals[-1]
     clip = CLIPModel.from_pretrained(out / "clip")
     tok = CLIPTokenizer.from_pretrained(out / "clip")
     assert tok("a red star").input_ids[1:-1] == tok.convert_tokens_to_ids(["a</w>", "red</w>", "star</w>"])
