@@ -108,6 +108,23 @@ def test_clip_trains_resumes_and_exports_a_clip_model(clip_run):
     assert clip.config.text_config.vocab_size == len(tok.get_vocab())
 
 
+def test_clip_continued_with_a_frozen_text_tower_keeps_it(clip_run, tmp_path):
+    from transformers import CLIPModel
+
+    from bld.training import train_clip
+
+    start = CLIPModel.from_pretrained(clip_run[0] / "clip")
+    out = tmp_path / "more"
+    train_clip.train(train_clip.parse_args(
+        ["--out", str(out), "--init", str(clip_run[0] / "clip"), "--freeze-text", "--pretrain-steps", "0",
+         "--steps", "2", "--batch", "8", "--eval-every", "0", "--no-progress", "--threads", "1", "--ema", "0"]))
+    after = CLIPModel.from_pretrained(out / "clip")
+    before_text, after_text = start.text_model.state_dict(), after.text_model.state_dict()
+    assert all(torch.equal(before_text[k], after_text[k]) for k in before_text)
+    assert not torch.equal(start.vision_model.embeddings.patch_embedding.weight,
+                           after.vision_model.embeddings.patch_embedding.weight)
+
+
 def test_clip_batches_are_seeded_views_with_their_captions():
     from bld.training.train_clip import clip_batch
 
