@@ -210,6 +210,17 @@ def test_unet_trains_and_exports_a_standard_pipeline(vae_run, clip_run, tmp_path
     result = train_unet.train(train_unet.parse_args(
         ["--out", str(out), "--steps", "4", "--batch", "4", "--resume", "--no-progress", "--threads", "1"]))
     assert result["step"] == 4
+    # ... and refuses a CLIP model with another text tower than the one the UNet was trained on
+    import shutil
+
+    other = tmp_path / "other-clip"
+    shutil.copytree(clip_dir / "clip", other)
+    with torch.no_grad():
+        clip.text_model.embeddings.token_embedding.weight.add_(0.1)
+    clip.save_pretrained(other)
+    with pytest.raises(SystemExit, match="another text tower"):
+        train_unet.train(train_unet.parse_args(["--out", str(out), "--clip", str(other), "--steps", "5",
+                                                "--batch", "4", "--resume", "--no-progress", "--threads", "1"]))
 
 
 def test_measure_writes_a_report_of_shares(tmp_path):

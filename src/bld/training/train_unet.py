@@ -114,6 +114,17 @@ def load_frozen_clip(path: str | Path):
     return clip, CLIPTokenizer.from_pretrained(folder)
 
 
+def text_tower_digest(clip) -> str:
+    """SHA-256 of the text tower's weights: a UNet is only valid with the text tower it was trained on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(clip.text_model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,6 +169,10 @@ def train(args) -> dict:
     vae_path, clip_path = _required_folder(args.vae, meta, "vae"), _required_folder(args.clip, meta, "clip")
     vae = load_vae(vae_path)
     clip, tokenizer = load_frozen_clip(clip_path)
+    digest = text_tower_digest(clip)
+    if meta and meta.get("text_tower_sha256", digest) != digest:
+        raise SystemExit(f"the CLIP model in {clip_path} has another text tower than the one this UNet was trained "
+                         "on; pass --clip with that one (a train_clip --freeze-text run keeps it)")
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     torch.manual_seed(args.seed)
     unet = build_unet(UNetConfig(), vae.config.sample_size // factor, vae.config.latent_channels)
@@ -203,7 +218,7 @@ def train(args) -> dict:
         state = {"optimizer": opt.state_dict(), "rng": rng_state(), "ema_unet": ema.state_dict() if ema else None}
         save_checkpoint(ckpt, models={"unet": unet}, state=state,
                         meta={"step": step, "vae": str(resolve_vae_folder(vae_path).resolve()),
-                              "clip": str(resolve_clip_folder(clip_path).resolve()),
+                              "clip": str(resolve_clip_folder(clip_path).resolve()), "text_tower_sha256": digest,
                               "args": {k: str(v) for k, v in vars(args).items()}})
 
     unet.train()
