@@ -210,6 +210,16 @@ def test_unet_trains_and_exports_a_standard_pipeline(vae_run, clip_run, tmp_path
     result = train_unet.train(train_unet.parse_args(
         ["--out", str(out), "--steps", "4", "--batch", "4", "--resume", "--no-progress", "--threads", "1"]))
     assert result["step"] == 4
+    # --init-unet starts a new run from a UNet's weights (here at learning rate 0: the export is those weights)
+    from safetensors.torch import load_file
+
+    warm = tmp_path / "warm"
+    train_unet.train(train_unet.parse_args(
+        ["--vae", str(vae_dir), "--clip", str(clip_dir), "--init-unet", str(out / "checkpoint" / "unet"),
+         "--out", str(warm), "--steps", "1", "--batch", "4", "--lr", "0", "--no-progress", "--threads", "1"]))
+    init = load_file(out / "checkpoint" / "unet" / "diffusion_pytorch_model.safetensors")
+    exported = load_file(warm / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert init.keys() == exported.keys() and all(torch.equal(init[k], exported[k]) for k in init)
     # ... and refuses a CLIP model with another text tower than the one the UNet was trained on
     import shutil
 

@@ -3,9 +3,11 @@
     python -m bld.training.train_unet --vae runs/vae --clip runs/clip --out runs/unet --steps 8000 --batch 64 --seed 0 [--resume]
     python -m bld.training.train_unet --out runs/unet --export DIR   # write the pipeline folder from a checkpoint
 
-As in Stable Diffusion, the text encoder is trained first (`bld.training.train_clip`, contrastively, with
-hard negatives) and stays frozen here: its last hidden states are the UNet's cross-attention context.
-(Trained jointly with the UNet, the text tower had learned colors and not shapes.)
+As in Stable Diffusion, the text encoder is trained first (`bld.training.train_clip`) and stays frozen
+here: its last hidden states are the UNet's cross-attention context. (Trained jointly with the UNet, the
+text tower had learned colors and not shapes.) `--init-unet` starts from another UNet's weights with a
+fresh optimizer: the bundled UNet starts from the one trained with the earlier joint recipe, which could
+draw the world but not tell its shapes apart (README, "The bundled model").
 
 Batch k holds items k*B .. k*B+B-1 of the world stream `seed` with their training captions (full, one
 object's or the background's; scenes of 1-3 objects, so an object caption does not imply an empty scene).
@@ -131,6 +133,7 @@ def parse_args(argv=None):
     p.add_argument("--vae", type=Path, help="AutoencoderKL folder (or a train_vae --out folder)")
     p.add_argument("--clip", type=Path, help="CLIPModel folder (or a train_clip --out folder); frozen")
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--init-unet", type=Path, help="start from this UNet2DConditionModel folder's weights (fresh optimizer)")
     p.add_argument("--steps", type=int, default=8000, help="total steps (a resumed run continues to this)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -199,6 +202,10 @@ def train(args) -> dict:
     else:
         if args.resume:
             print(f"no checkpoint in {ckpt}; starting fresh", file=sys.stderr)
+        if args.init_unet:
+            unet.load_state_dict(load_file(Path(args.init_unet) / "diffusion_pytorch_model.safetensors"))
+            if ema is not None:
+                ema = EMA(unet, args.ema)
         for group in opt.param_groups:
             group["base_lr"] = args.lr
         log.write(event="start", args={k: str(v) for k, v in vars(args).items()},
