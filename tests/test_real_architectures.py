@@ -175,6 +175,21 @@ def tiny_edit(pipe):
                     generator=gen(7), output_type="np").images
 
 
+def in_fresh_memory(pipe):
+    """Copy the pipeline's weights into freshly allocated tensors, and return it.
+
+    from_pretrained leaves weights in buffers read from the safetensors file, at offsets that need not
+    be 64-byte aligned; on the CPU, matrix products then take other SIMD paths and round differently
+    (~1 ulp, seen on SDXL's text projection). Fresh tensors are aligned like those of the built model.
+    """
+    with torch.no_grad():
+        for module in pipe.components.values():
+            if isinstance(module, torch.nn.Module):
+                for tensor in [*module.parameters(), *module.buffers()]:
+                    tensor.data = tensor.data.clone()
+    return pipe
+
+
 def same_weights(a, b):
     for name, module in a.components.items():
         if isinstance(module, torch.nn.Module):
@@ -192,7 +207,7 @@ def test_tiny_pipeline_round_trip_gives_identical_results(tiny, tmp_path):
     assert type(loaded) is bld_cls
     assert public(loaded.scheduler.config) == public(pipe.scheduler.config)
     same_weights(pipe, loaded)
-    np.testing.assert_array_equal(tiny_edit(loaded), tiny_edit(pipe))
+    np.testing.assert_array_equal(tiny_edit(in_fresh_memory(loaded)), tiny_edit(pipe))
 
 
 def test_a_folder_saved_by_diffusers_loads_into_bld(tiny, tmp_path):
@@ -202,7 +217,7 @@ def test_a_folder_saved_by_diffusers_loads_into_bld(tiny, tmp_path):
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded) is bld_cls
     same_weights(pipe, loaded)
-    np.testing.assert_array_equal(tiny_edit(loaded), tiny_edit(pipe))
+    np.testing.assert_array_equal(tiny_edit(in_fresh_memory(loaded)), tiny_edit(pipe))
 
 
 def test_a_folder_saved_by_bld_loads_into_diffusers(tiny, tmp_path):
@@ -217,4 +232,4 @@ def test_a_folder_saved_by_bld_loads_into_diffusers(tiny, tmp_path):
     assert out.images.shape == (1, 64, 64, 3)
     rewrapped = bld_cls(**loaded.components)
     rewrapped.set_progress_bar_config(disable=True)
-    np.testing.assert_array_equal(tiny_edit(rewrapped), tiny_edit(pipe))
+    np.testing.assert_array_equal(tiny_edit(in_fresh_memory(rewrapped)), tiny_edit(pipe))
