@@ -63,10 +63,14 @@ def test_vae_trains_checkpoints_and_resumes(vae_run):
     assert [x["step"] for x in lines if x["event"] == "train"] == [1, 2, 3]
     assert any(x["event"] == "eval" and x["heldout_psnr"] > 0 for x in lines)
 
+    # a run killed after its last checkpoint logged steps that the resumed run redoes: they are dropped
+    with (out / "log.jsonl").open("a") as f:
+        f.write(json.dumps({"event": "train", "step": 4, "loss": 9.9}) + "\n")
     second = train_vae.train(train_vae.parse_args(common + ["--steps", "5", "--resume"]))
     assert second["step"] == 5
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["event"] == "train"] == [1, 2, 3, 4, 5]  # continued, not restarted
+    assert all(x.get("loss") != 9.9 for x in lines)
     assert json.loads((out / "checkpoint" / "meta.json").read_text())["step"] == 5
 
     from diffusers import AutoencoderKL

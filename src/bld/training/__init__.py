@@ -79,6 +79,16 @@ class JsonlLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def rewind(self, step: int) -> None:
+        """Drop the records of steps after `step`: a run resumed from a checkpoint at `step` redoes them."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines(keepends=True)
+                if json.loads(line).get("step", -1) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(self.path)
+
 
 def rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}

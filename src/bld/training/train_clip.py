@@ -303,6 +303,7 @@ def train(args) -> dict:
             ema.load_state_dict(state["ema"])
         step = meta["step"]
         print(f"loaded {ckpt} at step {step}", file=sys.stderr)
+        log.rewind(step)
     else:
         log.write(event="start", args={k: str(v) for k, v in vars(args).items()},
                   clip_params=sum(p.numel() for p in clip.parameters()))

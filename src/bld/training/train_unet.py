@@ -199,6 +199,8 @@ def train(args) -> dict:
             ema.load_state_dict(state["ema_unet"])
         step = meta["step"]
         print(f"loaded {ckpt} at step {step}", file=sys.stderr)
+        if not args.export:
+            log.rewind(step)
     else:
         if args.resume:
             print(f"no checkpoint in {ckpt}; starting fresh", file=sys.stderr)

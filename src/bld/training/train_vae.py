@@ -190,6 +190,7 @@ def train(args) -> dict:
         set_rng_state(state["rng"])
         step, best = meta["step"], meta.get("best", best)
         print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
+        log.rewind(step)
     else:
         if args.resume:
             print(f"no checkpoint in {ckpt}; starting fresh", file=sys.stderr)
