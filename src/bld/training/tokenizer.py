@@ -111,6 +111,15 @@ def write_world_tokenizer(folder: str | Path, *, model_max_length: int = MODEL_M
     return loaded
 
 
+def clear_call_state(tokenizer):
+    """Reset the padding and truncation that a fast tokenizer keeps from its last call, and return it.
+
+    save_pretrained writes them into tokenizer.json, where they would become every loader's default."""
+    tokenizer.backend_tokenizer.no_padding()
+    tokenizer.backend_tokenizer.no_truncation()
+    return tokenizer
+
+
 def special_ids(tokenizer) -> dict[str, int]:
     """bos/eos/pad ids and vocab size, for the CLIP text config."""
     return {"bos_token_id": tokenizer.convert_tokens_to_ids(BOS), "eos_token_id": tokenizer.convert_tokens_to_ids(EOS),

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from .. import world
 from . import EMA, JsonlLog, load_checkpoint_state, rng_state, save_checkpoint, set_rng_state
 from .configs import IMAGE_SIZE, CLIPConfig, build_clip
-from .tokenizer import write_vocab_files, write_world_tokenizer
+from .tokenizer import clear_call_state, write_vocab_files, write_world_tokenizer
 
 HELDOUT_STREAM = 4_000  # zero-shot evaluation scenes: streams [HELDOUT_STREAM, i], never trained on
 _SHAPE_WORD = re.compile(r"\b(" + "|".join(world.SHAPES) + r")\b")
@@ -259,7 +259,7 @@ def export_clip(folder: Path, clip, tokenizer) -> Path:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     clip.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    clear_call_state(tokenizer).save_pretrained(tmp)
     write_vocab_files(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)

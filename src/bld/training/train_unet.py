@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from . import EMA, JsonlLog, load_checkpoint_state, rng_state, save_checkpoint, set_rng_state, world_images
 from .configs import UNetConfig, build_scheduler, build_unet
-from .tokenizer import write_vocab_files
+from .tokenizer import clear_call_state, write_vocab_files
 
 
 def resolve_vae_folder(path: str | Path) -> Path:
@@ -78,6 +78,7 @@ def export_pipeline(folder: str | Path, *, unet, clip, vae, tokenizer) -> Path:
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    clear_call_state(tokenizer)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder_from_clip(clip), tokenizer=tokenizer,
                                    unet=unet, scheduler=build_scheduler("ddim"), safety_checker=None,
                                    feature_extractor=None, image_encoder=None, requires_safety_checker=False)
