@@ -57,13 +57,14 @@ def test_its_clip_prefers_the_right_caption(bundled):
     assert right >= 3 * wrong, (right, wrong)
 
 
-def test_demo_edit_puts_the_prompted_color_in_the_mask(bundled):
-    """Colors are learned, shapes only in part (README: text-to-image color 91%, shape 39%): check the color."""
+def test_demo_edit_puts_the_prompted_object_in_the_mask(bundled):
+    """The CLIP-ranked best of the demo's 4 results is a red star (README: text-to-image color 94%, shape
+    85%, stars the weakest at 53%; edits correct in 36% of results, 68% of CLIP-ranked best of 4)."""
     pipe, scorer = bundled
     image, mask = demo_scene()
     params = EditParams(prompt=DEMO_PROMPT, num_inference_steps=20, num_images=4, seed=0)
     results = run_edit(pipe, image, mask, params, scorer)
     verdict = load_judge().classify_region(results[0].image, box=DEMO_BOX)  # the CLIP-ranked best
-    assert verdict["color"] == "red", verdict
+    assert (verdict["shape"], verdict["color"]) == ("star", "red"), verdict
     outside = np.asarray(mask) == 0
     assert np.array_equal(np.asarray(results[0].image)[outside], np.asarray(image)[outside])

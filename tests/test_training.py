@@ -183,6 +183,9 @@ def test_unet_trains_and_exports_a_standard_pipeline(vae_run, clip_run, tmp_path
     files = [p for p in folder.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 40e6
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".ckpt")]  # safetensors only
+    for part in ("tokenizer", "clip"):  # no padding or truncation left over from training's tokenizer calls
+        saved = json.loads((folder / part / "tokenizer.json").read_text())
+        assert saved["padding"] is None and saved["truncation"] is None, part
 
     pipe = StableDiffusionPipeline.from_pretrained(folder)
     assert pipe.safety_checker is None and pipe.tokenizer.model_max_length == MODEL_MAX_LENGTH
