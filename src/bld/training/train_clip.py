@@ -99,7 +99,6 @@ def clip_batch(seed: int, start: int, n: int, masked: float = 0.35, inverted: fl
     for i in range(start, start + n):
         rng = world.scene_rng(seed, i)
         scene = world.sample_scene(rng, size=size)
-        rgb = np.asarray(world.render(scene), dtype=np.float32) / 255
         u = rng.random()
         keep = None
         if u < masked + inverted:
@@ -111,13 +110,19 @@ def clip_batch(seed: int, start: int, n: int, masked: float = 0.35, inverted: fl
             keep, caption = ~keep, scene.background_caption()
         else:
             caption = world.training_caption(scene, rng).text
-        if keep is not None:
-            rgb = rgb * keep[..., None]
-        images.append(torch.from_numpy(rgb).permute(2, 0, 1))
+        images.append(_view(scene, keep))
         captions.append(caption)
         shown = set() if keep is not None else {o.caption() for o in scene.objects}
         negatives.append(hard_negatives(rng, caption, shown))
     return torch.stack(images), captions, negatives
+
+
+def _view(scene: world.Scene, keep: np.ndarray | None = None) -> torch.Tensor:
+    """The scene's render as a (3, H, W) tensor in [0, 1], black outside `keep` (bool, H x W) when given."""
+    rgb = np.asarray(world.render(scene), dtype=np.float32) / 255
+    if keep is not None:
+        rgb = rgb * keep[..., None]
+    return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
 def pixels_for_clip(x01: torch.Tensor, size: int) -> torch.Tensor:
@@ -163,30 +168,22 @@ def zero_shot_accuracy(clip, tokenizer, n: int = 300) -> dict[str, float]:
     black, the view ranking scores edits on."""
     rng = np.random.default_rng([HELDOUT_STREAM, n])
     scenes = [world.sample_scene(np.random.default_rng([HELDOUT_STREAM, i]), max_objects=1) for i in range(n)]
-    renders = [np.asarray(world.render(s), dtype=np.float32) / 255 for s in scenes]
-    masked = []
-    for s, rgb in zip(scenes, renders):
-        keep = _rectangle(rng, s.objects[0], s.size)
-        masked.append(rgb if keep is None else rgb * keep[..., None])
     size = clip.config.vision_config.image_size
-
-    def features(arrays):
-        return image_features(clip, pixels_for_clip(torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in arrays]), size))
-
-    whole, views = features(renders), features(masked)
+    whole = image_features(clip, pixels_for_clip(torch.stack([_view(s) for s in scenes]), size))
+    views = image_features(clip, pixels_for_clip(
+        torch.stack([_view(s, _rectangle(rng, s.objects[0], s.size)) for s in scenes]), size))
     hits = {"shape_object": [], "shape_full": [], "color_object": [], "shape_masked": []}
     for s, v, m in zip(scenes, whole, views):
         o = s.objects[0]
         shaped = [dataclasses.replace(o, shape=sh) for sh in world.SHAPES]
-        tests = {
-            "shape_object": (v, [x.caption() for x in shaped], world.SHAPES.index(o.shape)),
-            "shape_full": (v, [world.Scene(s.background, (x,)).caption() for x in shaped], world.SHAPES.index(o.shape)),
-            "color_object": (v, [dataclasses.replace(o, color=c).caption() for c in world.COLORS],
-                             list(world.COLORS).index(o.color)),
-            "shape_masked": (m, [x.caption() for x in shaped], world.SHAPES.index(o.shape)),
-        }
-        for key, (feature, captions, truth) in tests.items():
-            hits[key].append(int((text_features(clip, tokenizer, captions) @ feature).argmax()) == truth)
+        shape_text = text_features(clip, tokenizer, [x.caption() for x in shaped])
+        full_text = text_features(clip, tokenizer, [world.Scene(s.background, (x,)).caption() for x in shaped])
+        color_text = text_features(clip, tokenizer, [dataclasses.replace(o, color=c).caption() for c in world.COLORS])
+        shape, color = world.SHAPES.index(o.shape), list(world.COLORS).index(o.color)
+        hits["shape_object"].append(int((shape_text @ v).argmax()) == shape)
+        hits["shape_full"].append(int((full_text @ v).argmax()) == shape)
+        hits["color_object"].append(int((color_text @ v).argmax()) == color)
+        hits["shape_masked"].append(int((shape_text @ m).argmax()) == shape)
     return {k: float(np.mean(v)) for k, v in hits.items()}
 
 
@@ -200,11 +197,8 @@ def pretrain_batch(seed: int, start: int, n: int, masked: float = 0.5, size: int
     for i in range(start, start + n):
         rng = np.random.default_rng([PRETRAIN_STREAM, seed, i])
         scene = world.sample_scene(rng, size=size, max_objects=1)
-        rgb = np.asarray(world.render(scene), dtype=np.float32) / 255
         keep = _rectangle(rng, scene.objects[0], size) if rng.random() < masked else None
-        if keep is not None:
-            rgb = rgb * keep[..., None]
-        images.append(torch.from_numpy(rgb).permute(2, 0, 1))
+        images.append(_view(scene, keep))
         shapes.append(world.SHAPES.index(scene.objects[0].shape))
     return torch.stack(images), torch.tensor(shapes)
 
