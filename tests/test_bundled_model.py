@@ -58,8 +58,8 @@ def test_its_clip_prefers_the_right_caption(bundled):
 
 
 def test_demo_edit_puts_the_prompted_object_in_the_mask(bundled):
-    """The CLIP-ranked best of the demo's 4 results is a red star (README: text-to-image color 94%, shape
-    85%, stars the weakest at 53%; edits correct in 36% of results, 68% of CLIP-ranked best of 4)."""
+    """The CLIP-ranked best of the demo's 4 results is a red star (README: text-to-image color 98%, shape
+    90%, stars the weakest at 67%; edits correct in 35% of results, 62.5% of CLIP-ranked best of 4)."""
     pipe, scorer = bundled
     image, mask = demo_scene()
     params = EditParams(prompt=DEMO_PROMPT, num_inference_steps=20, num_images=4, seed=0)
