@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from . import EMA, JsonlLog, load_checkpoint_state, rng_state, save_checkpoint, set_rng_state, world_images
 from .configs import UNetConfig, build_scheduler, build_unet
 from .tokenizer import clear_call_state, write_vocab_files
+from .train_clip import export_clip
 
 
 def resolve_vae_folder(path: str | Path) -> Path:
@@ -83,10 +84,8 @@ def export_pipeline(folder: str | Path, *, unet, clip, vae, tokenizer) -> Path:
                                    unet=unet, scheduler=build_scheduler("ddim"), safety_checker=None,
                                    feature_extractor=None, image_encoder=None, requires_safety_checker=False)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    clip.save_pretrained(tmp / "clip", safe_serialization=True)
-    tokenizer.save_pretrained(tmp / "clip")
+    export_clip(tmp / "clip", clip, tokenizer)
     write_vocab_files(tmp / "tokenizer")  # the classic CLIP files too, for tokenizer loaders without tokenizer.json
-    write_vocab_files(tmp / "clip")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
