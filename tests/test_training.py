@@ -240,6 +240,19 @@ def test_unet_trains_and_exports_a_standard_pipeline(vae_run, clip_run, tmp_path
                                                 "--batch", "4", "--resume", "--no-progress", "--threads", "1"]))
 
 
+def test_unet_learning_rate_warms_up_then_decays_linearly_to_its_final_value():
+    from bld.training.train_unet import lr_factor
+
+    schedule = dict(lr=1e-4, lr_final=1e-5, decay_start=1000, steps=2000, warmup=100)
+    assert lr_factor(0, **schedule) == pytest.approx(0.01)
+    assert lr_factor(99, **schedule) == lr_factor(1000, **schedule) == 1.0
+    assert lr_factor(1500, **schedule) == pytest.approx(0.55)
+    assert lr_factor(2000, **schedule) == pytest.approx(0.1)
+    factors = [lr_factor(s, **schedule) for s in range(1000, 2001, 50)]
+    assert all(a > b for a, b in zip(factors, factors[1:]))
+    assert lr_factor(1500, **{**schedule, "lr_final": None}) == 1.0  # no --lr-final: constant after warmup
+
+
 def test_measure_writes_a_report_of_shares(tmp_path):
     from bld.training import measure
 

@@ -18,7 +18,9 @@ run sees exactly the data an uninterrupted one would have. Each step:
   prompt is "", so the unconditional branch is exactly what guidance uses);
 - epsilon-prediction loss on DDPM noise (SD's scaled_linear betas), weighted per sample by min-SNR-gamma
   (`--min-snr`, 5; 0 turns it off);
-- EMA of the UNet (`--ema`).
+- EMA of the UNet (`--ema`);
+- AdamW at `--lr` after a linear warmup, optionally decayed linearly to `--lr-final` from `--decay-start`
+  to `--steps` (logged with each loss).
 
 Writes to --out: `log.jsonl`, `checkpoint/` (unet/ as safetensors, optimizer, EMA, RNG state and step in
 training_state.pt and meta.json, which names the VAE and CLIP folders: `--resume` continues from it) and,
@@ -100,6 +102,16 @@ def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.clamp(snr, max=gamma) / snr
 
 
+def lr_factor(step: int, *, lr: float, lr_final: float | None, decay_start: int, steps: int, warmup: int) -> float:
+    """The multiplier of `lr` for the update after `step` updates: a linear warmup over `warmup` steps, then,
+    with `lr_final`, a linear decay from `lr` at `decay_start` to `lr_final` at `steps`."""
+    factor = min(1.0, (step + 1) / warmup)
+    if lr_final is not None and step >= decay_start and steps > decay_start:
+        done = min(1.0, (step - decay_start) / (steps - decay_start))
+        factor *= 1 + (lr_final / lr - 1) * done
+    return factor
+
+
 def resolve_clip_folder(path: str | Path) -> Path:
     """A CLIPModel folder: `path` itself, or `path/clip` as train_clip writes it."""
     path = Path(path)
@@ -140,6 +152,9 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint if it exists")
     p.add_argument("--lr", type=float, default=3e-4, help="learning rate (a resumed run takes the one given now)")
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--lr-final", type=float, default=None,
+                   help="decay the learning rate linearly to this by --steps (default: constant)")
+    p.add_argument("--decay-start", type=int, default=0, help="step where the linear decay to --lr-final begins")
     p.add_argument("--cfg-drop", type=float, default=0.1, help="share of captions replaced by ''")
     p.add_argument("--min-snr", type=float, default=5.0, help="min-SNR-gamma weighting; 0 turns it off")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay; 0 turns EMA off")
@@ -252,9 +267,10 @@ def train(args) -> dict:
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
         per = F.mse_loss(pred, noise, reduction="none").flatten(1).mean(1)
         loss = (per * min_snr_weights(scheduler, t, args.min_snr)).mean()
-        warm = min(1.0, (step + 1) / args.warmup)
+        factor = lr_factor(step, lr=args.lr, lr_final=args.lr_final, decay_start=args.decay_start,
+                           steps=args.steps, warmup=args.warmup)
         for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * warm
+            g["lr"] = g["base_lr"] * factor
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -268,7 +284,7 @@ def train(args) -> dict:
         if step % args.log_every == 0 or step == args.steps:
             now = time.perf_counter()
             log.write(event="train", step=step, loss=round(total / n_acc, 6),
-                      s_per_step=round((now - t_last) / max(1, step - n_last), 4))
+                      lr=float(f"{opt.param_groups[0]['lr']:.4g}"), s_per_step=round((now - t_last) / max(1, step - n_last), 4))
             bar.set_postfix(loss=f"{total / n_acc:.4f}")
             total, n_acc = 0.0, 0
             t_last, n_last = now, step
