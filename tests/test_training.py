@@ -240,6 +240,23 @@ def test_unet_trains_and_exports_a_standard_pipeline(vae_run, clip_run, tmp_path
                                                 "--batch", "4", "--resume", "--no-progress", "--threads", "1"]))
 
 
+def test_folder_written_atomically_keeps_the_old_folder_until_the_new_one_is_complete(tmp_path):
+    from bld.training import folder_written_atomically
+
+    target = tmp_path / "model"
+    with folder_written_atomically(target) as tmp:
+        (tmp / "weights").write_text("v1")
+    assert (target / "weights").read_text() == "v1"
+    with pytest.raises(RuntimeError), folder_written_atomically(target) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("interrupted")
+    assert (target / "weights").read_text() == "v1"  # a failed write leaves the previous folder as it was
+    with folder_written_atomically(target) as tmp:
+        (tmp / "other").write_text("v2")
+    assert sorted(p.name for p in target.iterdir()) == ["other"]  # replaced whole, not merged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no .tmp or .old left behind
+
+
 def test_unet_learning_rate_warms_up_then_decays_linearly_to_its_final_value():
     from bld.training.train_unet import lr_factor
 

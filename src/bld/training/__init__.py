@@ -6,16 +6,18 @@
 - `train_unet`: `python -m bld.training.train_unet --vae DIR --out DIR --steps N ... [--resume]`, and
   `export_pipeline` that writes a standard diffusers StableDiffusionPipeline folder plus `clip/`.
 
-Shared helpers (this module): world batches as tensors, EMA, JSONL logging and atomic checkpoints.
+Shared helpers (this module): world batches as tensors, EMA, JSONL logging, atomic folders and checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -100,26 +102,37 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def save_checkpoint(folder: str | Path, *, models: dict[str, torch.nn.Module], state: dict,
-                    meta: dict) -> Path:
-    """Write `folder` atomically: each model with save_pretrained into `folder/<name>` (safetensors),
-    `training_state.pt` (optimizer, EMA, RNG: torch.save) and `meta.json` (step and settings).
-    The previous checkpoint stays until the new one is complete."""
+@contextlib.contextmanager
+def folder_written_atomically(folder: str | Path) -> Iterator[Path]:
+    """Yield an empty sibling folder to write into; when the block ends without an error it takes the place
+    of `folder` (the previous contents stay until then), and when it fails it is removed."""
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name, model in models.items():
-        model.save_pretrained(tmp / name, safe_serialization=True)
-    torch.save(state, tmp / "training_state.pt")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    old = folder.with_name(folder.name + ".old")
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
-    return folder
+
+
+def save_checkpoint(folder: str | Path, *, models: dict[str, torch.nn.Module], state: dict,
+                    meta: dict) -> Path:
+    """Write `folder` atomically: each model with save_pretrained into `folder/<name>` (safetensors),
+    `training_state.pt` (optimizer, EMA, RNG: torch.save) and `meta.json` (step and settings).
+    The previous checkpoint stays until the new one is complete."""
+    with folder_written_atomically(folder) as tmp:
+        for name, model in models.items():
+            model.save_pretrained(tmp / name, safe_serialization=True)
+        torch.save(state, tmp / "training_state.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    return Path(folder)
 
 
 def load_checkpoint_state(folder: str | Path) -> tuple[dict, dict]:

@@ -37,7 +37,6 @@ import dataclasses
 import json
 import math
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -47,7 +46,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import world
-from . import EMA, JsonlLog, load_checkpoint_state, rng_state, save_checkpoint, set_rng_state
+from . import (EMA, JsonlLog, folder_written_atomically, load_checkpoint_state, rng_state, save_checkpoint,
+               set_rng_state)
 from .configs import IMAGE_SIZE, CLIPConfig, build_clip
 from .tokenizer import clear_call_state, write_vocab_files, write_world_tokenizer
 
@@ -250,13 +250,10 @@ def parse_args(argv=None):
 
 def export_clip(folder: Path, clip, tokenizer) -> Path:
     """CLIPModel and tokenizer in `folder`, written atomically."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    clip.save_pretrained(tmp, safe_serialization=True)
-    clear_call_state(tokenizer).save_pretrained(tmp)
-    write_vocab_files(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with folder_written_atomically(folder) as tmp:
+        clip.save_pretrained(tmp, safe_serialization=True)
+        clear_call_state(tokenizer).save_pretrained(tmp)
+        write_vocab_files(tmp)
     return folder
 
 

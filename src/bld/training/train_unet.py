@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import EMA, JsonlLog, load_checkpoint_state, rng_state, save_checkpoint, set_rng_state, world_images
+from . import (EMA, JsonlLog, folder_written_atomically, load_checkpoint_state, rng_state, save_checkpoint,
+               set_rng_state, world_images)
 from .configs import UNetConfig, build_scheduler, build_unet
 from .tokenizer import clear_call_state, write_vocab_files
 from .train_clip import export_clip
@@ -78,19 +78,15 @@ def export_pipeline(folder: str | Path, *, unet, clip, vae, tokenizer) -> Path:
     checker) to `folder`, with the CLIPModel and tokenizer in `folder/clip` for ranking."""
     from diffusers import StableDiffusionPipeline
 
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     clear_call_state(tokenizer)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder_from_clip(clip), tokenizer=tokenizer,
                                    unet=unet, scheduler=build_scheduler("ddim"), safety_checker=None,
                                    feature_extractor=None, image_encoder=None, requires_safety_checker=False)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    export_clip(tmp / "clip", clip, tokenizer)
-    write_vocab_files(tmp / "tokenizer")  # the classic CLIP files too, for tokenizer loaders without tokenizer.json
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
+    with folder_written_atomically(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        export_clip(tmp / "clip", clip, tokenizer)
+        write_vocab_files(tmp / "tokenizer")  # the classic CLIP files, for loaders without tokenizer.json
+    return Path(folder)
 
 
 def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:

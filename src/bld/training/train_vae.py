@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import EMA, JsonlLog, load_checkpoint_state, psnr, rng_state, save_checkpoint, set_rng_state, world_images
+from . import (EMA, JsonlLog, folder_written_atomically, load_checkpoint_state, psnr, rng_state, save_checkpoint,
+               set_rng_state, world_images)
 from .configs import VAEConfig, build_vae
 
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out stream: seed + this, never trained on
@@ -65,11 +65,8 @@ def evaluate(vae, x: torch.Tensor, batch: int = 64) -> tuple[float, float]:
 
 def export_vae(vae, folder: Path, latent_std: float) -> None:
     vae.register_to_config(scaling_factor=float(1.0 / max(latent_std, 1e-6)))
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    vae.save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with folder_written_atomically(folder) as tmp:
+        vae.save_pretrained(tmp, safe_serialization=True)
 
 
 @torch.no_grad()
