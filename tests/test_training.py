@@ -257,6 +257,15 @@ def test_folder_written_atomically_keeps_the_old_folder_until_the_new_one_is_com
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no .tmp or .old left behind
 
 
+def test_checkpoint_paths_are_relative_to_the_working_directory_when_inside_it(tmp_path, monkeypatch):
+    from bld.training.train_unet import portable_path
+
+    (tmp_path / "repo" / "checkpoints" / "vae").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "repo")
+    assert portable_path(tmp_path / "repo" / "checkpoints" / "vae") == "checkpoints/vae"
+    assert portable_path(tmp_path / "elsewhere") == str((tmp_path / "elsewhere").resolve())
+
+
 def test_unet_learning_rate_warms_up_then_decays_linearly_to_its_final_value():
     from bld.training.train_unet import lr_factor
 

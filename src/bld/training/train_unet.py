@@ -23,7 +23,8 @@ run sees exactly the data an uninterrupted one would have. Each step:
   to `--steps` (logged with each loss).
 
 Writes to --out: `log.jsonl`, `checkpoint/` (unet/ as safetensors, optimizer, EMA, RNG state and step in
-training_state.pt and meta.json, which names the VAE and CLIP folders: `--resume` continues from it) and,
+training_state.pt and meta.json, which names the VAE and CLIP folders, relative to the working directory
+when inside it: `--resume` continues from it) and,
 at the end and at every `--export-every` steps, `pipeline/`: a standard diffusers StableDiffusionPipeline
 folder (EMA weights, DDIM scheduler, no safety checker) that `StableDiffusionPipeline.from_pretrained`
 loads unchanged, with a `clip/` subfolder holding the CLIPModel and tokenizer for `bld.ranking.ClipScorer`.
@@ -122,6 +123,13 @@ def load_frozen_clip(path: str | Path):
     clip = CLIPModel.from_pretrained(folder).eval()
     clip.requires_grad_(False)
     return clip, CLIPTokenizer.from_pretrained(folder)
+
+
+def portable_path(path: Path) -> str:
+    """`path` relative to the working directory when it lies inside it (a checkpoint committed with the
+    repository then resumes from the repository root on any machine), else absolute."""
+    path = path.resolve()
+    return str(path.relative_to(Path.cwd().resolve())) if path.is_relative_to(Path.cwd().resolve()) else str(path)
 
 
 def text_tower_digest(clip) -> str:
@@ -237,8 +245,8 @@ def train(args) -> dict:
     def checkpoint():
         state = {"optimizer": opt.state_dict(), "rng": rng_state(), "ema_unet": ema.state_dict() if ema else None}
         save_checkpoint(ckpt, models={"unet": unet}, state=state,
-                        meta={"step": step, "vae": str(resolve_vae_folder(vae_path).resolve()),
-                              "clip": str(resolve_clip_folder(clip_path).resolve()), "text_tower_sha256": digest,
+                        meta={"step": step, "vae": portable_path(resolve_vae_folder(vae_path)),
+                              "clip": portable_path(resolve_clip_folder(clip_path)), "text_tower_sha256": digest,
                               "args": {k: str(v) for k, v in vars(args).items()}})
 
     unet.train()
