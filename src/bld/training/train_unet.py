@@ -103,7 +103,7 @@ def lr_factor(step: int, *, lr: float, lr_final: float | None, decay_start: int,
     """The multiplier of `lr` for the update after `step` updates: a linear warmup over `warmup` steps, then,
     with `lr_final`, a linear decay from `lr` at `decay_start` to `lr_final` at `steps`."""
     factor = min(1.0, (step + 1) / warmup)
-    if lr_final is not None and step >= decay_start and steps > decay_start:
+    if lr_final is not None and lr > 0 and step >= decay_start and steps > decay_start:
         done = min(1.0, (step - decay_start) / (steps - decay_start))
         factor *= 1 + (lr_final / lr - 1) * done
     return factor
@@ -128,8 +128,8 @@ def load_frozen_clip(path: str | Path):
 def portable_path(path: Path) -> str:
     """`path` relative to the working directory when it lies inside it (a checkpoint committed with the
     repository then resumes from the repository root on any machine), else absolute."""
-    path = path.resolve()
-    return str(path.relative_to(Path.cwd().resolve())) if path.is_relative_to(Path.cwd().resolve()) else str(path)
+    path, cwd = path.resolve(), Path.cwd().resolve()
+    return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
 
 
 def text_tower_digest(clip) -> str:
@@ -288,7 +288,8 @@ def train(args) -> dict:
         if step % args.log_every == 0 or step == args.steps:
             now = time.perf_counter()
             log.write(event="train", step=step, loss=round(total / n_acc, 6),
-                      lr=float(f"{opt.param_groups[0]['lr']:.4g}"), s_per_step=round((now - t_last) / max(1, step - n_last), 4))
+                      lr=float(f"{opt.param_groups[0]['lr']:.4g}"),
+                      s_per_step=round((now - t_last) / max(1, step - n_last), 4))
             bar.set_postfix(loss=f"{total / n_acc:.4f}")
             total, n_acc = 0.0, 0
             t_last, n_last = now, step
