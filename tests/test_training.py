@@ -277,6 +277,7 @@ def test_unet_learning_rate_warms_up_then_decays_linearly_to_its_final_value():
     factors = [lr_factor(s, **schedule) for s in range(1000, 2001, 50)]
     assert all(a > b for a, b in zip(factors, factors[1:]))
     assert lr_factor(1500, **{**schedule, "lr_final": None}) == 1.0  # no --lr-final: constant after warmup
+    assert lr_factor(1500, **{**schedule, "lr": 0.0}) == 1.0  # learning rate 0 stays 0 (no ratio to decay by)
 
 
 def test_measure_writes_a_report_of_shares(tmp_path):

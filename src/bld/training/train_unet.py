@@ -192,6 +192,8 @@ def train(args) -> dict:
     vae = load_vae(vae_path)
     clip, tokenizer = load_frozen_clip(clip_path)
     digest = text_tower_digest(clip)
+    folders = {"vae": portable_path(resolve_vae_folder(vae_path)),  # as meta.json names them
+               "clip": portable_path(resolve_clip_folder(clip_path))}
     if meta and meta.get("text_tower_sha256", digest) != digest:
         raise SystemExit(f"the CLIP model in {clip_path} has another text tower than the one this UNet was trained "
                          "on; pass --clip with that one (a train_clip --freeze-text run keeps it)")
@@ -245,8 +247,7 @@ def train(args) -> dict:
     def checkpoint():
         state = {"optimizer": opt.state_dict(), "rng": rng_state(), "ema_unet": ema.state_dict() if ema else None}
         save_checkpoint(ckpt, models={"unet": unet}, state=state,
-                        meta={"step": step, "vae": portable_path(resolve_vae_folder(vae_path)),
-                              "clip": portable_path(resolve_clip_folder(clip_path)), "text_tower_sha256": digest,
+                        meta={"step": step, **folders, "text_tower_sha256": digest,
                               "args": {k: str(v) for k, v in vars(args).items()}})
 
     unet.train()
