@@ -112,6 +112,22 @@ def test_local_model_folder_is_loaded(files, capsys, sd_pipe):
     assert code == 0 and json.loads(out)["model"] == str(folder / "model")
 
 
+def test_a_model_folders_recommended_defaults_apply_unless_flags_are_given(files, capsys, sd_pipe):
+    from bld.model_defaults import EDIT_DEFAULTS_FILE
+
+    folder, image, mask = files
+    sd_pipe.save_pretrained(folder / "model")
+    (folder / "model" / EDIT_DEFAULTS_FILE).write_text(json.dumps(
+        {"skip_fraction": 0.5, "guidance_scale": 3.0, "background_noise": "fresh"}))
+    common = ["--model", folder / "model", "--steps", "4", "--num-results", "1", "--seed", "1"]
+    assert run(capsys, "edit", image, mask, "x", "-o", folder / "a.png", *common)[0] == 0
+    assert run(capsys, "edit", image, mask, "x", "-o", folder / "b.png", *common, "--skip-fraction", "0.25",
+               "--background-noise", "fixed")[0] == 0
+    a, b = (params_from_metadata(read_png_metadata(folder / name)) for name in ("a.png", "b.png"))
+    assert (a.skip_fraction, a.guidance_scale, a.background_noise) == (0.5, 3.0, "fresh")
+    assert (b.skip_fraction, b.guidance_scale, b.background_noise) == (0.25, 3.0, "fixed")
+
+
 def bad_file(folder, name, content):
     path = folder / name
     path.write_bytes(content) if isinstance(content, bytes) else content.save(path)

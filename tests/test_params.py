@@ -40,3 +40,18 @@ def test_json_round_trip():
 def test_unknown_keys_are_named():
     with pytest.raises(ValueError, match="unknown edit parameter.*strength"):
         EditParams.from_dict({"prompt": "x", "strength": 0.5})
+
+
+def test_a_model_folder_recommends_defaults_that_are_validated(tmp_path):
+    from bld.image_io import InputError
+    from bld.model_defaults import EDIT_DEFAULTS_FILE, model_edit_defaults
+
+    assert model_edit_defaults(str(tmp_path)) == {}
+    assert model_edit_defaults("someone/some-hub-model") == {}
+    (tmp_path / EDIT_DEFAULTS_FILE).write_text(json.dumps({"skip_fraction": 0.0, "background_noise": "fresh"}))
+    assert model_edit_defaults(str(tmp_path)) == {"skip_fraction": 0.0, "background_noise": "fresh"}
+    for bad, message in (('{"strength": 1}', "unknown edit parameter"), ('{"skip_fraction": 2}', "out of range"),
+                         ("[1, 2]", "JSON object"), ("{", "Expecting")):
+        (tmp_path / EDIT_DEFAULTS_FILE).write_text(bad)
+        with pytest.raises(InputError, match=message):
+            model_edit_defaults(str(tmp_path))

@@ -209,6 +209,18 @@ def test_reconstruction_runs_inline(sd_pipe, image, mask, method):
         assert error < raw_error
 
 
+def test_background_weight_reaches_the_reconstruction(sd_pipe, image, mask, monkeypatch):
+    import bld.sampling
+
+    seen = []
+    real = bld.sampling.reconstruct_background
+    monkeypatch.setattr(bld.sampling, "reconstruct_background",
+                        lambda *a, **kw: seen.append(kw.get("background_weight")) or real(*a, **kw))
+    edit(sd_pipe, image, mask, reconstruction="decoder", reconstruction_steps=1, reconstruction_background_weight=7.0)
+    edit(sd_pipe, image, mask, reconstruction="decoder", reconstruction_steps=1)
+    assert seen == [7.0, 100.0]
+
+
 def test_pixel_reconstruction_keeps_the_input_pixels_at_an_odd_size(sd_pipe):
     image, mask = make_image((67, 45)), make_mask((67, 45), box=(10, 10, 40, 30))
     out = np.asarray(edit(sd_pipe, image, mask, reconstruction="pixel")[0])

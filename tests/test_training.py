@@ -183,6 +183,10 @@ def test_unet_trains_and_exports_a_standard_pipeline(vae_run, clip_run, tmp_path
     files = [p for p in folder.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 40e6
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".ckpt")]  # safetensors only
+    from bld.model_defaults import model_edit_defaults
+    from bld.training.configs import WORLD_EDIT_DEFAULTS
+
+    assert model_edit_defaults(str(folder)) == WORLD_EDIT_DEFAULTS
     for part in ("tokenizer", "clip"):  # no padding or truncation left over from training's tokenizer calls
         saved = json.loads((folder / part / "tokenizer.json").read_text())
         assert saved["padding"] is None and saved["truncation"] is None, part
@@ -284,7 +288,7 @@ def test_measure_writes_a_report_of_shares(tmp_path):
     from bld.training import measure
 
     out = tmp_path / "measure"
-    measure.main(["--model", "tiny-random", "--out", str(out), "--t2i", "3", "--edits", "2", "--steps", "2",
+    measure.main(["--model", "tiny-random", "--out", str(out), "--t2i", "3", "--edits", "2", "--steps", "2", "--t2i-steps", "2",
                   "--num-images", "2", "--reconstruction", "pixel", "--threads", "1"])
     report = json.loads((out / "report.json").read_text())
     t2i = report["text_to_image"]
@@ -296,4 +300,5 @@ def test_measure_writes_a_report_of_shares(tmp_path):
     assert edits["tasks"] == 2 and set(edits) >= {"add", "replace", "all"}
     assert all(0 <= edits["all"][k] <= 1 for k in ("all_results", "best_of_n", "any_of_n"))
     assert edits["all"]["background_psnr_min"] == float("inf")  # pixel reconstruction keeps the outside exactly
+    assert report["edit_params"]["skip_fraction"] == 0.25  # no recommended settings: the paper's
     assert (out / "t2i.png").is_file() and (out / "edits.png").is_file()

@@ -233,6 +233,20 @@ def test_controls_are_generated_from_edit_params(pipe, scorer, tmp_path):
     assert controls["mask_dilation_iterations"].label == "shrink mask"
 
 
+def test_controls_start_at_the_models_recommended_values(pipe, tmp_path):
+    import json
+
+    from bld.model_defaults import EDIT_DEFAULTS_FILE
+
+    (tmp_path / EDIT_DEFAULTS_FILE).write_text(json.dumps({"skip_fraction": 0.0, "guidance_scale": 12.0,
+                                                           "background_noise": "fresh"}))
+    app = build_app(pipe, None, model=str(tmp_path), results_dir=tmp_path / "results")
+    values = {b.elem_id[len("param-"):]: b.value for b in app.blocks.values()
+              if getattr(b, "elem_id", None) and b.elem_id.startswith("param-")}
+    assert (values["skip_fraction"], values["guidance_scale"], values["background_noise"]) == (0.0, 12.0, "fresh")
+    assert values["num_inference_steps"] == EditParams().num_inference_steps  # not recommended: the default
+
+
 def test_edit_event_queues_on_one_model_and_can_be_cancelled(pipe, tmp_path):
     app = build_app(pipe, None, results_dir=tmp_path)
     edit = next(fn for fn in app.fns.values() if fn.api_name == "edit")

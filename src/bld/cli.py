@@ -39,8 +39,9 @@ def _value_type(field: dataclasses.Field):
 
 
 def add_param_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per EditParams field (the prompt is positional), with its default, range and help."""
-    group = parser.add_argument_group("edit parameters")
+    """One flag per EditParams field (the prompt is positional), with its default, range and help. A flag not
+    given is None: params_from_args fills in the model's recommended value or the field's default."""
+    group = parser.add_argument_group("edit parameters", bundled_defaults_note())
     for field in dataclasses.fields(EditParams):
         if field.name == "prompt":
             continue
@@ -51,20 +52,36 @@ def add_param_flags(parser: argparse.ArgumentParser) -> None:
         if field.default is not None and not isinstance(field.default, bool):
             help_text += f" Default: {field.default}."
         if isinstance(field.default, bool):
-            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=field.default,
+            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
                                help=help_text + (" On by default." if field.default else ""))
         elif meta["choices"]:
-            group.add_argument(flag, dest=field.name, choices=meta["choices"], default=field.default,
-                               help=help_text)
+            group.add_argument(flag, dest=field.name, choices=meta["choices"], default=None, help=help_text)
         else:
             kind = _value_type(field)
-            group.add_argument(flag, dest=field.name, type=kind, default=field.default,
+            group.add_argument(flag, dest=field.name, type=kind, default=None,
                                metavar={int: "N", float: "X"}.get(kind, "TEXT"), help=help_text)
 
 
-def params_from_args(args: argparse.Namespace) -> EditParams:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(EditParams)}
-    return EditParams(**values)
+def bundled_defaults_note() -> str:
+    """The edit-parameters group's description: where defaults come from, with the bundled model's own."""
+    from .model_defaults import BUNDLED_MODEL_DIR, EDIT_DEFAULTS_FILE, model_edit_defaults
+
+    note = (f"Defaults are the paper's, except where the model folder's {EDIT_DEFAULTS_FILE} recommends "
+            "others (flags given always win).")
+    try:
+        own = model_edit_defaults(str(BUNDLED_MODEL_DIR))
+    except InputError:
+        own = {}
+    if own:
+        note += " The bundled model's: " + ", ".join(f"{_flag(f)} {own[f.name]}" for f in dataclasses.fields(
+            EditParams) if f.name in own) + "."
+    return note
+
+
+def params_from_args(args: argparse.Namespace, model_defaults: dict | None = None) -> EditParams:
+    """The flags given, over `model_defaults` (a model's recommended values), over EditParams' defaults."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(EditParams) if getattr(args, f.name) is not None}
+    return EditParams.from_dict({**(model_defaults or {}), **given})
 
 
 def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
@@ -107,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--invert-mask", action="store_true", help="the edit used --invert-mask")
     rec.add_argument("--feather", type=int, default=0, help="pixel method: blend width inside the mask edge")
     rec.add_argument("--steps", type=int, default=75, help="latent/decoder optimization steps (default 75)")
+    rec.add_argument("--background-weight", type=float, default=100.0,
+                     help="latent/decoder: weight of the background term of the loss (default 100, the paper's)")
     rec.add_argument("--crop", action="store_true", help="latent/decoder: work on a crop around the mask")
     rec.add_argument("--model", default=None, help="model whose VAE to use (latent/decoder); default: the bundled")
     rec.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
@@ -258,7 +277,9 @@ def run_edit_command(args: argparse.Namespace) -> dict:
     from .image_io import check_same_aspect, load_image, load_mask, save_png_atomic
     from .loading import BUNDLED_MODEL_DIR, TINY_RANDOM
 
-    params = with_seed(params_from_args(args))
+    from .model_defaults import model_edit_defaults
+
+    params = with_seed(params_from_args(args, model_edit_defaults(args.model)))
     paths = output_paths(args.output, params.num_images, args.overwrite)
     image = load_image(args.image, max_pixels=MAX_PIXELS)
     mask = check_same_aspect(image, load_mask(args.mask, max_pixels=MAX_PIXELS),
@@ -285,9 +306,11 @@ def run_demo_command(args: argparse.Namespace) -> dict:
     from .grid import make_grid
     from .image_io import save_png_atomic
     from .loading import TINY_RANDOM
+    from .model_defaults import model_edit_defaults
 
     folder = Path(args.output)
-    params = EditParams(prompt=DEMO_PROMPT, num_inference_steps=20, seed=args.seed)
+    params = EditParams.from_dict({**model_edit_defaults(args.model), "prompt": DEMO_PROMPT,
+                                   "num_inference_steps": 20, "seed": args.seed})
     names = ["input.png", "mask.png", "grid.png"] + [f"result-{k + 1}.png" for k in range(params.num_images)]
     if not args.overwrite:
         existing = [folder / n for n in names if (folder / n).exists()]
@@ -339,6 +362,7 @@ def run_reconstruct_command(args: argparse.Namespace) -> dict:
 
     check_range("--feather", args.feather, 0, 64)
     check_range("--steps", args.steps, 1, 2000)
+    check_range("--background-weight", args.background_weight, 0, 10000)
     paths = output_paths(args.output, len(args.results), args.overwrite)
     original = load_image(args.original)
     mask = check_same_aspect(original, load_mask(args.mask), image_name=repr(args.original),
@@ -359,12 +383,14 @@ def run_reconstruct_command(args: argparse.Namespace) -> dict:
         vae = load_pipeline(args.model or default_model(), device=args.device, dtype="float32").vae
     region_image = PIL.Image.fromarray(region.astype(np.uint8) * 255)
     restored = reconstruct_images(args.method, original, results, region_image, vae=vae, feather=args.feather,
-                                  steps=args.steps, crop=args.crop, progress=True)
+                                  steps=args.steps, background_weight=args.background_weight, crop=args.crop,
+                                  progress=True)
     outputs = []
     for source, image, path in zip(args.results, restored, paths):
         metadata = png_metadata_or_empty(source)
         metadata["bld_reconstruction"] = json.dumps({"method": args.method, "feather": args.feather,
-                                                     "steps": args.steps, "crop": args.crop})
+                                                     "steps": args.steps, "background_weight": args.background_weight,
+                                                     "crop": args.crop})
         save_png_atomic(image, path, metadata=metadata, overwrite=args.overwrite)
         outputs.append(json_safe({"path": str(path), "metrics": compute_metrics(original, image, region)}))
     return {"outputs": outputs, "method": args.method, "seconds": round(time.perf_counter() - start, 3)}

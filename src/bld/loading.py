@@ -11,19 +11,13 @@ import torch
 
 from .hub import offline_requested
 from .image_io import InputError
+from .model_defaults import BUNDLED_MODEL_DIR, TINY_RANDOM, default_model  # noqa: F401 - re-exported
 from .pipeline import BlendedLatentDiffusionPipeline
 from .pipeline_xl import BlendedLatentDiffusionXLPipeline
 from .schedulers import make_scheduler
 
-TINY_RANDOM = "tiny-random"
-BUNDLED_MODEL_DIR = Path(__file__).parent / "bundled_model"
 
 Pipeline = BlendedLatentDiffusionPipeline | BlendedLatentDiffusionXLPipeline
-
-
-def default_model() -> str:
-    """The bundled model when the package ships one, else the tiny random components."""
-    return str(BUNDLED_MODEL_DIR) if (BUNDLED_MODEL_DIR / "model_index.json").is_file() else TINY_RANDOM
 
 
 def load_scorer(clip_model: str | None, model: str, device: torch.device):

@@ -65,6 +65,10 @@ class EditParams:
                           low=0, high=64)
     reconstruction_steps: int = _param(75, "Optimization steps of latent and decoder reconstruction.",
                                        low=1, high=2000)
+    reconstruction_background_weight: float = _param(
+        100.0, "Latent/decoder reconstruction: weight of the background term of the loss (the paper's 100); a "
+        "lower one keeps the edited region closer to its first decoding.", low=0.0, high=10000.0,
+        flag="--background-weight")
     reconstruction_crop: bool = _param(
         False, "Run latent/decoder reconstruction on a crop around the mask: cost follows the edited area.")
     rank: bool = _param(True, "Sort results best first by CLIP text match inside the mask (needs a CLIP model).")

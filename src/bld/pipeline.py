@@ -45,6 +45,7 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         reconstruction: str = DEFAULTS.reconstruction,
         feather: int = DEFAULTS.feather,
         reconstruction_steps: int = DEFAULTS.reconstruction_steps,
+        reconstruction_background_weight: float = DEFAULTS.reconstruction_background_weight,
         reconstruction_crop: bool = DEFAULTS.reconstruction_crop,
         scorer=None,
         output_type: str = "pil",
@@ -62,8 +63,8 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         background_noise: 'fixed' (one noise, as diffusers) or 'fresh' (new noise every step).
         generator: one, or one per result to make each result reproducible on its own.
         reconstruction: 'none', 'pixel' (with `feather`), 'poisson', 'latent' or 'decoder' (with
-        `reconstruction_steps`, `reconstruction_crop`). scorer: a bld.ranking.ClipScorer to sort results
-        best first. Returns BlendedLatentDiffusionPipelineOutput with `images` (PIL by default), and
+        `reconstruction_steps`, `reconstruction_background_weight`, `reconstruction_crop`). scorer: a
+        bld.ranking.ClipScorer to sort results best first. Returns BlendedLatentDiffusionPipelineOutput with `images` (PIL by default), and
         `scores` and `order` when ranked.
         """
         params, guidance_scale, batch_size = self.resolve_settings(
@@ -71,7 +72,8 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
             skip_fraction=skip_fraction, num_images=num_images_per_prompt, invert_mask=invert_mask,
             height=height, width=width, latent_mask_mode=latent_mask_mode, background_noise=background_noise,
             mask_dilation_iterations=mask_dilation_iterations, reconstruction=reconstruction, feather=feather,
-            reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop)
+            reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop,
+            reconstruction_background_weight=reconstruction_background_weight)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 
@@ -109,7 +111,8 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
                                        callback_on_step_end=callback_on_step_end)
 
         # 7. Decode, reconstruct the background, restore the input's size, rank
-        finishing = Finishing(reconstruction, feather, reconstruction_steps, reconstruction_crop, scorer)
+        finishing = Finishing(reconstruction, feather, reconstruction_steps, reconstruction_crop, scorer,
+                              reconstruction_background_weight)
         output = self.finish(latents, prepared, output_type, prompt, finishing, prompt_embeds.dtype)
         self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()

@@ -59,6 +59,7 @@ class Finishing:
     reconstruction_steps: int = 75
     reconstruction_crop: bool = False
     scorer: Any = None  # a bld.ranking.ClipScorer, or None for no ranking
+    reconstruction_background_weight: float = 100.0
 
 
 def image_size(image: Any) -> tuple[int, int]:
@@ -281,6 +282,7 @@ class BlendedLatentMixin:
         if method in ("latent", "decoder"):  # at the size the model works at: they use the VAE and the latents
             pixels = reconstruct_background(method, prepared.image, pixels, prepared.mask, vae=self.vae,
                                             latents=latents, steps=finishing.reconstruction_steps,
+                                            background_weight=finishing.reconstruction_background_weight,
                                             crop=finishing.reconstruction_crop, progress=not self._progress_off())
         if prepared.original_size != (prepared.height, prepared.width):
             pixels = F.interpolate(pixels.float(), size=prepared.original_size, mode="bicubic",

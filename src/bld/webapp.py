@@ -29,6 +29,7 @@ import PIL.Image
 from .cli import MAX_EDIT_PIXELS, _flag, _value_type
 from .editing import edit_region, result_metadata, run_edit, with_seed
 from .image_io import MAX_PIXELS, InputError, check_same_aspect, load_image, load_mask, save_png_atomic
+from .model_defaults import model_edit_defaults
 from .params import EditParams
 
 MAX_UPLOAD_MB = 50
@@ -389,7 +390,8 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
     editor = editor or WebEditor(pipe, scorer, model, results_dir)
     fields = {f.name: f for f in dataclasses.fields(EditParams)}
     controls: dict[str, Any] = {}
-    model_defaults = {"guidance_scale": getattr(pipe, "default_guidance_scale", None)}
+    model_defaults = {"guidance_scale": getattr(pipe, "default_guidance_scale", None),
+                      **(model_edit_defaults(model) if model else {})}
 
     with gr.Blocks(title="bld — Blended Latent Diffusion", analytics_enabled=False,
                    delete_cache=(3600, 6 * 3600)) as app:

@@ -12,6 +12,7 @@
   says so (the target's shape and color, each at probability >= 0.9). Reported: share of all results,
   share of CLIP-ranked best results, share of tasks with any correct result, and the background PSNR
   outside the mask against the source image. `--background-edits` adds inverted-mask background tasks.
+  Edit settings not given as flags are the model's recommended ones (bld.model_defaults), as `bld edit` uses.
 
 Writes report.json (also printed) and contact sheets t2i.png / edits.png to --out.
 """
@@ -34,6 +35,7 @@ from ..editing import run_edit
 from ..grid import make_grid
 from ..judge import load_judge
 from ..loading import default_model, load_pipeline, load_scorer
+from ..model_defaults import model_edit_defaults
 from ..metrics import background_psnr
 from ..params import EditParams
 
@@ -93,7 +95,9 @@ def measure_edits(pipe, scorer, judge, tasks, params: EditParams):
         verdicts = judge.judge_edits([r.image for r in results], [task] * len(results))
         rows.append((task, results, verdicts))
     summary = {"tasks": len(tasks), "results_per_task": params.num_images, "steps": params.num_inference_steps,
-               "skip_fraction": params.skip_fraction, "reconstruction": params.reconstruction,
+               "guidance": params.guidance_scale, "skip_fraction": params.skip_fraction,
+               "background_noise": params.background_noise, "reconstruction": params.reconstruction,
+               "background_weight": params.reconstruction_background_weight,
                "seconds_per_task": round(seconds / max(1, len(tasks)), 2)}
     for kind in sorted({t.kind for t in tasks}) + ["all"]:
         sel = [r for r in rows if kind == "all" or r[0].kind == kind]
@@ -135,10 +139,21 @@ def parse_args(argv=None):
     p.add_argument("--edits", type=int, default=60, help="object edit tasks (0 skips)")
     p.add_argument("--background-edits", type=int, default=0, help="background edit tasks (inverted masks)")
     p.add_argument("--num-images", type=int, default=4)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--skip-fraction", type=float, default=0.25)
+    p.add_argument("--t2i-steps", type=int, default=50, help="diffusion steps of text-to-image")
+    p.add_argument("--t2i-guidance", type=float, default=7.5, help="guidance scale of text-to-image")
+    p.add_argument("--steps", type=int, default=None,
+                   help="diffusion steps of edits (default: the model's recommended number, else 50)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="guidance scale of edits (default: the model's recommended one, else 7.5)")
+    p.add_argument("--skip-fraction", type=float, default=None,
+                   help="skipped fraction of the schedule (default: the model's recommended one, else 0.25)")
+    p.add_argument("--background-noise", choices=("fixed", "fresh"), default=None,
+                   help="background noise of the blend (default: the model's recommended one, else fixed)")
     p.add_argument("--reconstruction", default="decoder")
+    p.add_argument("--paper-settings", action="store_true",
+                   help="edit with EditParams' defaults (the paper's), not the model's recommended settings")
+    p.add_argument("--background-weight", type=float, default=None,
+                   help="decoder reconstruction's background weight (default: the model's recommended one, else 100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
@@ -156,12 +171,17 @@ def main(argv=None) -> None:
     report: dict = {"model": model, "args": {k: str(v) for k, v in vars(args).items()}}
     t0 = time.perf_counter()
     if args.t2i:
-        report["text_to_image"], samples = measure_text_to_image(pipe, judge, args.t2i, args.seed, args.steps,
-                                                                 args.guidance)
+        report["text_to_image"], samples = measure_text_to_image(pipe, judge, args.t2i, args.seed, args.t2i_steps,
+                                                                 args.t2i_guidance)
         t2i_sheet(samples).save(args.out / "t2i.png")
-    params = EditParams(prompt="", num_inference_steps=args.steps, guidance_scale=args.guidance,
-                        skip_fraction=args.skip_fraction, num_images=args.num_images, seed=args.seed,
-                        reconstruction=args.reconstruction)
+    given = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "skip_fraction": args.skip_fraction,
+             "background_noise": args.background_noise, "reconstruction_background_weight": args.background_weight}
+    recommended = {} if args.paper_settings else model_edit_defaults(model)
+    params = EditParams.from_dict({"guidance_scale": pipe.default_guidance_scale, **recommended,
+                                   **{k: v for k, v in given.items() if v is not None},
+                                   "prompt": "", "num_images": args.num_images, "seed": args.seed,
+                                   "reconstruction": args.reconstruction})
+    report["edit_params"] = params.to_dict()
     for name, n, kinds in (("edits", args.edits, ("add", "replace")),
                            ("background_edits", args.background_edits, ("background",))):
         if n:
