@@ -13,6 +13,14 @@ from dataclasses import asdict, dataclass, field
 
 IMAGE_SIZE = 64
 
+# Edit settings measured best for this world's models (README, "The bundled model"), written beside every
+# exported pipeline as bld.model_defaults.EDIT_DEFAULTS_FILE. In this world a noised source at the paper's
+# skip 0.25 holds enough of the old region to steer the mask back to it, so edits start from pure noise;
+# fresh background noise, a higher guidance scale and 100 steps put the prompted object in the mask more
+# often; a background weight of 10 instead of 100 keeps the small decoder's fine-tune from blurring it.
+WORLD_EDIT_DEFAULTS = {"num_inference_steps": 100, "skip_fraction": 0.0, "background_noise": "fresh",
+                       "guidance_scale": 15.0, "reconstruction_background_weight": 10.0}
+
 
 @dataclass
 class VAEConfig:

@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 
 from . import (EMA, JsonlLog, folder_written_atomically, load_checkpoint_state, rng_state, save_checkpoint,
                set_rng_state, world_images)
-from .configs import UNetConfig, build_scheduler, build_unet
+from ..model_defaults import EDIT_DEFAULTS_FILE
+from .configs import WORLD_EDIT_DEFAULTS, UNetConfig, build_scheduler, build_unet
 from .tokenizer import clear_call_state, write_vocab_files
 from .train_clip import export_clip
 
@@ -76,7 +77,8 @@ def text_encoder_from_clip(clip):
 
 def export_pipeline(folder: str | Path, *, unet, clip, vae, tokenizer) -> Path:
     """Write a standard diffusers StableDiffusionPipeline folder (safetensors, DDIM scheduler, no safety
-    checker) to `folder`, with the CLIPModel and tokenizer in `folder/clip` for ranking."""
+    checker) to `folder`, with the CLIPModel and tokenizer in `folder/clip` for ranking, and the world's
+    recommended edit settings (configs.WORLD_EDIT_DEFAULTS)."""
     from diffusers import StableDiffusionPipeline
 
     clear_call_state(tokenizer)
@@ -87,6 +89,7 @@ def export_pipeline(folder: str | Path, *, unet, clip, vae, tokenizer) -> Path:
         pipe.save_pretrained(tmp, safe_serialization=True)
         export_clip(tmp / "clip", clip, tokenizer)
         write_vocab_files(tmp / "tokenizer")  # the classic CLIP files, for loaders without tokenizer.json
+        (tmp / EDIT_DEFAULTS_FILE).write_text(json.dumps(WORLD_EDIT_DEFAULTS, indent=2) + "\n")
     return Path(folder)
 
 
