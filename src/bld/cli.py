@@ -276,7 +276,6 @@ def run_edit_command(args: argparse.Namespace) -> dict:
     from .editing import result_metadata, run_edit, with_seed
     from .image_io import check_same_aspect, load_image, load_mask, save_png_atomic
     from .loading import BUNDLED_MODEL_DIR, TINY_RANDOM
-
     from .model_defaults import model_edit_defaults
 
     params = with_seed(params_from_args(args, model_edit_defaults(args.model)))

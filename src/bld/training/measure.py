@@ -35,8 +35,8 @@ from ..editing import run_edit
 from ..grid import make_grid
 from ..judge import load_judge
 from ..loading import default_model, load_pipeline, load_scorer
-from ..model_defaults import model_edit_defaults
 from ..metrics import background_psnr
+from ..model_defaults import model_edit_defaults
 from ..params import EditParams
 
 HELDOUT_BASE = 3_000  # streams [HELDOUT_BASE, seed, i]: never drawn by training (2-element [seed, i] seeds)
