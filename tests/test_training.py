@@ -121,7 +121,7 @@ def test_clip_continued_with_a_frozen_text_tower_keeps_it(clip_run, tmp_path):
     out = tmp_path / "more"
     train_clip.train(train_clip.parse_args(
         ["--out", str(out), "--init", str(clip_run[0] / "clip"), "--freeze-text", "--pretrain-steps", "0",
-         "--steps", "2", "--batch", "8", "--eval-every", "0", "--no-progress", "--threads", "1", "--ema", "0"]))
+         "--steps", "12", "--batch", "8", "--cut", "4", "--eval-every", "0", "--no-progress", "--threads", "1"]))
     after = CLIPModel.from_pretrained(out / "clip")
     before_text, after_text = start.text_model.state_dict(), after.text_model.state_dict()
     assert all(torch.equal(before_text[k], after_text[k]) for k in before_text)
@@ -141,6 +141,19 @@ def test_clip_batches_are_seeded_views_with_their_captions():
     assert (black > 0.3).any()
     for cap, negs in zip(captions, negatives):
         assert cap not in negs and all(len(n.split()) == len(cap.split()) for n in negs)
+
+
+def test_cut_pairs_show_an_object_whole_and_cut_by_the_rectangles_edge():
+    from bld.training.train_clip import cut_pairs
+
+    wholes, cuts, captions = cut_pairs(3, 0, 30)
+    again = cut_pairs(3, 0, 30)
+    assert torch.equal(wholes, again[0]) and torch.equal(cuts, again[1]) and captions == again[2]
+    assert len(captions) >= 20 and wholes.shape == cuts.shape == (len(captions), 3, 64, 64)
+    shown = lambda x: (x.sum(1) > 0).float().sum((1, 2))  # noqa: E731 - pixels inside the rectangle
+    assert (shown(wholes) > 0).all() and (shown(cuts) > 0).all()
+    assert not any(torch.equal(w, c) for w, c in zip(wholes, cuts))
+    assert all(c.startswith(("a ", "an ")) and " on " not in c for c in captions)  # object captions
 
 
 def test_hard_negatives_swap_each_other_shape_and_some_colors_and_keep_articles():

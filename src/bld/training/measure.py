@@ -134,6 +134,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="diffusers folder (default: the bundled model)")
+    p.add_argument("--clip", default=None, help="CLIPModel folder that ranks the results (default: the model's clip/)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--t2i", type=int, default=240, help="text-to-image samples (0 skips)")
     p.add_argument("--edits", type=int, default=60, help="object edit tasks (0 skips)")
@@ -165,7 +166,7 @@ def main(argv=None) -> None:
     model = args.model or default_model()
     pipe = load_pipeline(model, device="cpu", dtype="float32")
     pipe.set_progress_bar_config(disable=True)
-    scorer = load_scorer(None, model, torch.device("cpu"))
+    scorer = load_scorer(args.clip, model, torch.device("cpu"))
     judge = load_judge()
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"model": model, "args": {k: str(v) for k, v in vars(args).items()}}

@@ -23,6 +23,10 @@ Views of each scene in phase 2, as the ranking sees them (bld.ranking blacks out
 - `--masked` of the items: a rectangle holding one object (sides 1/5-1/2 of the image, as the edit
   tasks draw them) with the rest black, captioned with that object;
 - `--inverted` of the items: the same kind of rectangle black, the rest shown, with the background caption.
+- `--cut` pairs per step (off by default): one object seen through a rectangle around it and through that
+  rectangle shifted across it, so that the mask's edge cuts the object; the object's caption must score the
+  whole view above the cut one (`cut_loss`). Edits often start an object across the mask's edge, and the
+  ranking should put such a result below a whole object.
 
 Writes to --out: `log.jsonl`, `checkpoint/` (clip/ as safetensors, optimizer, EMA, RNG state, step) and,
 at the end, `clip/`: the EMA CLIPModel with the world tokenizer, loadable by CLIPModel.from_pretrained.
@@ -52,6 +56,7 @@ from .configs import IMAGE_SIZE, CLIPConfig, build_clip
 from .tokenizer import clear_call_state, write_vocab_files, write_world_tokenizer
 
 HELDOUT_STREAM = 4_000  # zero-shot evaluation scenes: streams [HELDOUT_STREAM, i], never trained on
+CUT_STREAM = 5_000  # cut-object pairs: streams [CUT_STREAM, seed, i]
 _SHAPE_WORD = re.compile(r"\b(" + "|".join(world.SHAPES) + r")\b")
 _COLOR_WORD = re.compile(r"\b(" + "|".join(world.COLORS) + r")\b")
 
@@ -115,6 +120,57 @@ def clip_batch(seed: int, start: int, n: int, masked: float = 0.35, inverted: fl
         shown = set() if keep is not None else {o.caption() for o in scene.objects}
         negatives.append(hard_negatives(rng, caption, shown))
     return torch.stack(images), captions, negatives
+
+
+def _cut_rectangle(rng: np.random.Generator, scene: world.Scene, k: int, keep: np.ndarray,
+                   tries: int = 10) -> np.ndarray | None:
+    """`keep` (a rectangle around object k) shifted by 35-65% of the object's size, so that 15-75% of the
+    object stays inside: the object cut by the mask's edge, as an edit that starts it across the edge
+    shows it to the ranking. None when no such shift keeps sides of at least 1/5 of the image."""
+    size = keep.shape[0]
+    rows, cols = np.flatnonzero(keep.any(1)), np.flatnonzero(keep.any(0))
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    silhouette = scene.object_mask(k)
+    for _ in range(tries):
+        dy = dx = 0
+        while dy == 0 and dx == 0:
+            dy, dx = (int(v) for v in rng.integers(-1, 2, size=2))
+        step = rng.uniform(0.35, 0.65) * scene.objects[k].size
+        ty0, ty1 = (max(0, min(size, round(v + dy * step))) for v in (y0, y1))
+        tx0, tx1 = (max(0, min(size, round(v + dx * step))) for v in (x0, x1))
+        if min(ty1 - ty0, tx1 - tx0) < math.ceil(size / 5):
+            continue
+        cut = np.zeros_like(keep)
+        cut[ty0:ty1, tx0:tx1] = True
+        if 0.15 <= (silhouette & cut).sum() / silhouette.sum() <= 0.75:
+            return cut
+    return None
+
+
+def cut_pairs(seed: int, start: int, n: int, size: int = IMAGE_SIZE):
+    """Items start..start+n-1 of the cut-object stream as (whole views, cut views, captions): one object seen
+    through a rectangle around it and through that rectangle shifted across it (_cut_rectangle), with the
+    object's caption; items where no cut is found are left out (None when none is found)."""
+    wholes, cuts, captions = [], [], []
+    for i in range(start, start + n):
+        rng = np.random.default_rng([CUT_STREAM, seed, i])
+        scene = world.sample_scene(rng, size=size)
+        k = int(rng.integers(len(scene.objects)))
+        keep = _rectangle(rng, scene.objects[k], size)
+        cut = None if keep is None else _cut_rectangle(rng, scene, k, keep)
+        if cut is not None:
+            wholes.append(_view(scene, keep))
+            cuts.append(_view(scene, cut))
+            captions.append(scene.object_caption(k))
+    return (torch.stack(wholes), torch.stack(cuts), captions) if captions else None
+
+
+def cut_loss(clip, tokenizer, wholes, cuts, captions) -> torch.Tensor:
+    """Each caption should match its object seen whole better than seen cut: softplus of the scaled gap."""
+    text = text_features(clip, tokenizer, captions)
+    whole = (image_features(clip, wholes) * text).sum(-1)
+    cut = (image_features(clip, cuts) * text).sum(-1)
+    return F.softplus((cut - whole) * clip.logit_scale.exp().clamp(max=100)).mean()
 
 
 def _view(scene: world.Scene, keep: np.ndarray | None = None) -> torch.Tensor:
@@ -239,6 +295,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--masked", type=float, default=0.35, help="share of masked-rectangle views")
     p.add_argument("--inverted", type=float, default=0.15, help="share of inverted-rectangle views")
+    p.add_argument("--cut", type=int, default=0,
+                   help="cut-object pairs per contrastive step: captions should prefer the whole object (0: off)")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay; 0 turns EMA off")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--ckpt-every", type=int, default=200)
@@ -304,6 +362,8 @@ def train(args) -> dict:
             return clip
         c = build_clip(tokenizer, CLIPConfig())
         ema.copy_to(c)
+        if args.freeze_text:  # the average of a constant drifts by rounding: keep the frozen tower bit for bit
+            c.text_model.load_state_dict(clip.text_model.state_dict())
         return c.eval()
 
     def checkpoint():
@@ -327,6 +387,11 @@ def train(args) -> dict:
             k = step - pre
             x, captions, negatives = clip_batch(args.seed, k * args.batch, args.batch, args.masked, args.inverted)
             loss = contrastive_loss_with_negatives(clip, tokenizer, pixels_for_clip(x, size), captions, negatives)
+            pairs = cut_pairs(args.seed, k * args.cut, args.cut) if args.cut else None
+            if pairs is not None:
+                wholes, cuts, cut_captions = pairs
+                loss = loss + cut_loss(clip, tokenizer, pixels_for_clip(wholes, size), pixels_for_clip(cuts, size),
+                                       cut_captions)
             lr = args.lr * _cosine(k, args.steps, args.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
