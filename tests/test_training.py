@@ -301,8 +301,8 @@ def test_measure_writes_a_report_of_shares(tmp_path):
     from bld.training import measure
 
     out = tmp_path / "measure"
-    measure.main(["--model", "tiny-random", "--out", str(out), "--t2i", "3", "--edits", "2", "--steps", "2", "--t2i-steps", "2",
-                  "--num-images", "2", "--reconstruction", "pixel", "--threads", "1"])
+    measure.main(["--model", "tiny-random", "--out", str(out), "--t2i", "3", "--edits", "2", "--steps", "2",
+                  "--t2i-steps", "2", "--num-images", "2", "--reconstruction", "pixel", "--threads", "1"])
     report = json.loads((out / "report.json").read_text())
     t2i = report["text_to_image"]
     assert t2i["samples"] == 3

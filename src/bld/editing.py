@@ -59,7 +59,8 @@ def run_edit(pipe, image, mask, params: EditParams, scorer=None, callback_on_ste
         mask_dilation_iterations=params.mask_dilation_iterations, reconstruction=params.reconstruction,
         feather=params.feather, reconstruction_steps=params.reconstruction_steps,
         reconstruction_crop=params.reconstruction_crop,
-        reconstruction_background_weight=params.reconstruction_background_weight, scorer=scorer, callback_on_step_end=callback_on_step_end,
+        reconstruction_background_weight=params.reconstruction_background_weight, scorer=scorer,
+        callback_on_step_end=callback_on_step_end,
     )
     order = output.order or list(range(len(output.images)))
     scores = output.scores or [None] * len(order)

@@ -64,8 +64,8 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         generator: one, or one per result to make each result reproducible on its own.
         reconstruction: 'none', 'pixel' (with `feather`), 'poisson', 'latent' or 'decoder' (with
         `reconstruction_steps`, `reconstruction_background_weight`, `reconstruction_crop`). scorer: a
-        bld.ranking.ClipScorer to sort results best first. Returns BlendedLatentDiffusionPipelineOutput with `images` (PIL by default), and
-        `scores` and `order` when ranked.
+        bld.ranking.ClipScorer to sort results best first. Returns BlendedLatentDiffusionPipelineOutput with
+        `images` (PIL by default), and `scores` and `order` when ranked.
         """
         params, guidance_scale, batch_size = self.resolve_settings(
             prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
