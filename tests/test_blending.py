@@ -43,8 +43,19 @@ def test_any_mode_is_a_superset_of_nearest():
     assert any_mask.sum() > nearest.sum()
 
 
+def test_inside_mode_keeps_only_cells_the_mask_covers_whole():
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 5:27, 8:24] = 1  # rows 5-26 cover cells 1-2 whole and touch cells 0 and 3; columns 1-2 exactly
+    inside = latent_mask(mask, (8, 8), "inside")
+    expected = torch.zeros(1, 1, 8, 8)
+    expected[..., 1:3, 1:3] = 1
+    assert torch.equal(inside, expected)
+    assert latent_mask(mask, (8, 8), "any").sum() == 8  # cells 0-3 by 1-2
+    assert latent_mask(thin_line(8), (8, 8), "inside").sum() == 0  # thinner than a cell: vanishes
+
+
 def test_unknown_mode_is_refused():
-    with pytest.raises(ValueError, match="'bilinear' is not one of any, nearest"):
+    with pytest.raises(ValueError, match="'bilinear' is not one of any, nearest, inside"):
         latent_mask(thin_line(0), (8, 8), "bilinear")
 
 

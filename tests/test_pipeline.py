@@ -178,6 +178,24 @@ def test_a_thin_mask_survives_in_any_mode_and_is_refused_in_nearest(sd_pipe, ima
         edit(sd_pipe, image, thin, latent_mask_mode="nearest")
 
 
+def test_inside_mode_keeps_the_source_on_every_cell_the_mask_only_touches(sd_pipe, image):
+    ragged = np.zeros((SIZE, SIZE), np.uint8)
+    ragged[9:40, 13:50] = 255  # odd starts: at factor 2, the cells of row 4 and of column 6 are cut
+    latents = edit(sd_pipe, image, ragged, output_type="latent", latent_mask_mode="inside")
+    prepared = sd_pipe.prepare_image_and_mask(image, ragged, None, None, False)
+    z0 = sd_pipe.encode_source(prepared.image)
+    touched = latent_mask(prepared.mask, tuple(z0.shape[-2:]), "any").bool().expand_as(latents)
+    whole = latent_mask(prepared.mask, tuple(z0.shape[-2:]), "inside").bool().expand_as(latents)
+    cut = touched & ~whole
+    assert cut.any() and torch.equal(latents[cut], z0[cut])
+    assert torch.equal(latents[~touched], z0[~touched])
+    assert not torch.allclose(latents[whole], z0[whole], atol=1e-3)
+    with pytest.raises(ValueError, match="mask vanishes at the latent resolution"):
+        thin = np.zeros((SIZE, SIZE), np.uint8)
+        thin[10:50, 20] = 255
+        edit(sd_pipe, image, thin, latent_mask_mode="inside")
+
+
 def test_ranking_sorts_best_first_and_reports_the_batch_order(sd_pipe, image, mask, tmp_path):
     from bld.tiny_clip import tiny_clip
 

@@ -302,7 +302,8 @@ def test_measure_writes_a_report_of_shares(tmp_path):
 
     out = tmp_path / "measure"
     measure.main(["--model", "tiny-random", "--out", str(out), "--t2i", "3", "--edits", "2", "--steps", "2",
-                  "--t2i-steps", "2", "--num-images", "2", "--reconstruction", "pixel", "--threads", "1"])
+                  "--t2i-steps", "2", "--num-images", "2", "--reconstruction", "pixel", "--latent-mask-mode", "inside",
+                  "--threads", "1"])
     report = json.loads((out / "report.json").read_text())
     t2i = report["text_to_image"]
     assert t2i["samples"] == 3
@@ -314,4 +315,5 @@ def test_measure_writes_a_report_of_shares(tmp_path):
     assert all(0 <= edits["all"][k] <= 1 for k in ("all_results", "best_of_n", "any_of_n"))
     assert edits["all"]["background_psnr_min"] == float("inf")  # pixel reconstruction keeps the outside exactly
     assert report["edit_params"]["skip_fraction"] == 0.25  # no recommended settings: the paper's
+    assert report["edit_params"]["latent_mask_mode"] == edits["latent_mask_mode"] == "inside"  # the flag's
     assert (out / "t2i.png").is_file() and (out / "edits.png").is_file()

@@ -15,13 +15,16 @@ def latent_mask(mask: torch.Tensor, latent_size: tuple[int, int], mode: str = "a
     """Pixel mask (B, 1, H, W) in {0, 1} -> latent mask (B, 1, h, w) in {0, 1}.
 
     'any' marks every latent cell that the mask touches (adaptive max-pool), so thin strokes and small
-    regions survive; 'nearest' samples one pixel per cell, as the paper's code and diffusers do.
+    regions survive; 'nearest' samples one pixel per cell, as the paper's code and diffusers do; 'inside'
+    marks only the cells the mask covers whole, so what is generated stays within the mask's pixels.
     """
     if mode == "any":
         return F.adaptive_max_pool2d(mask, latent_size)
+    if mode == "inside":
+        return -F.adaptive_max_pool2d(-mask, latent_size)
     if mode == "nearest":
         return F.interpolate(mask, size=latent_size, mode="nearest")
-    raise ValueError(f"latent mask mode {mode!r} is not one of any, nearest")
+    raise ValueError(f"latent mask mode {mode!r} is not one of any, nearest, inside")
 
 
 def num_skipped_steps(num_inference_steps: int, skip_fraction: float) -> int:

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-LatentMaskMode = Literal["any", "nearest"]
+LatentMaskMode = Literal["any", "nearest", "inside"]
 BackgroundNoise = Literal["fixed", "fresh"]
 SchedulerName = Literal["ddim", "dpm++", "euler", "euler-a", "model"]
 Reconstruction = Literal["none", "pixel", "poisson", "latent", "decoder"]
@@ -51,8 +51,9 @@ class EditParams:
         0, "Progressive mask shrinking for thin masks: N dilations (kernels 3+2i), largest first; 0 = off.",
         low=0, high=10, flag="--shrink-mask")
     latent_mask_mode: LatentMaskMode = _param(
-        "any", "Mask downsampling: 'any' keeps every latent cell the mask touches; 'nearest' is the paper's.",
-        choices=("any", "nearest"))
+        "any", "Mask downsampling: 'any' keeps every latent cell the mask touches; 'nearest' is the paper's; "
+        "'inside' keeps only the cells the mask covers whole.",
+        choices=("any", "nearest", "inside"))
     background_noise: BackgroundNoise = _param(
         "fixed", "Noise for the background: 'fixed' (one noise, as diffusers) or 'fresh' each step (official code).",
         choices=("fixed", "fresh"))

@@ -17,9 +17,10 @@ IMAGE_SIZE = 64
 # exported pipeline as bld.model_defaults.EDIT_DEFAULTS_FILE. In this world a noised source at the paper's
 # skip 0.25 holds enough of the old region to steer the mask back to it, so edits start from pure noise;
 # fresh background noise, a higher guidance scale and 100 steps put the prompted object in the mask more
-# often; a background weight of 10 instead of 100 keeps the small decoder's fine-tune from blurring it.
+# often; latent cells the mask only touches stay the source's, so the object is not cut by the mask's
+# edge; a background weight of 10 instead of 100 keeps the small decoder's fine-tune from blurring it.
 WORLD_EDIT_DEFAULTS = {"num_inference_steps": 100, "skip_fraction": 0.0, "background_noise": "fresh",
-                       "guidance_scale": 15.0, "reconstruction_background_weight": 10.0}
+                       "guidance_scale": 15.0, "latent_mask_mode": "inside", "reconstruction_background_weight": 10.0}
 
 
 @dataclass

@@ -96,7 +96,8 @@ def measure_edits(pipe, scorer, judge, tasks, params: EditParams):
         rows.append((task, results, verdicts))
     summary = {"tasks": len(tasks), "results_per_task": params.num_images, "steps": params.num_inference_steps,
                "guidance": params.guidance_scale, "skip_fraction": params.skip_fraction,
-               "background_noise": params.background_noise, "reconstruction": params.reconstruction,
+               "background_noise": params.background_noise, "latent_mask_mode": params.latent_mask_mode,
+               "reconstruction": params.reconstruction,
                "background_weight": params.reconstruction_background_weight,
                "seconds_per_task": round(seconds / max(1, len(tasks)), 2)}
     for kind in sorted({t.kind for t in tasks}) + ["all"]:
@@ -150,6 +151,8 @@ def parse_args(argv=None):
                    help="skipped fraction of the schedule (default: the model's recommended one, else 0.25)")
     p.add_argument("--background-noise", choices=("fixed", "fresh"), default=None,
                    help="background noise of the blend (default: the model's recommended one, else fixed)")
+    p.add_argument("--latent-mask-mode", choices=("any", "nearest", "inside"), default=None,
+                   help="mask downsampling of edits (default: the model's recommended one, else any)")
     p.add_argument("--reconstruction", default="decoder")
     p.add_argument("--paper-settings", action="store_true",
                    help="edit with EditParams' defaults (the paper's), not the model's recommended settings")
@@ -176,7 +179,8 @@ def main(argv=None) -> None:
                                                                  args.t2i_guidance)
         t2i_sheet(samples).save(args.out / "t2i.png")
     given = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "skip_fraction": args.skip_fraction,
-             "background_noise": args.background_noise, "reconstruction_background_weight": args.background_weight}
+             "background_noise": args.background_noise, "latent_mask_mode": args.latent_mask_mode,
+             "reconstruction_background_weight": args.background_weight}
     recommended = {} if args.paper_settings else model_edit_defaults(model)
     params = EditParams.from_dict({"guidance_scale": pipe.default_guidance_scale, **recommended,
                                    **{k: v for k, v in given.items() if v is not None},
