@@ -51,7 +51,18 @@ def test_inside_mode_keeps_only_cells_the_mask_covers_whole():
     expected[..., 1:3, 1:3] = 1
     assert torch.equal(inside, expected)
     assert latent_mask(mask, (8, 8), "any").sum() == 8  # cells 0-3 by 1-2
-    assert latent_mask(thin_line(8), (8, 8), "inside").sum() == 0  # thinner than a cell: vanishes
+
+
+def test_inside_mode_keeps_a_thin_stroke_on_its_own_and_drops_one_joined_to_a_region():
+    mask = thin_line(3)  # on its own: covers no cell whole, so it keeps the cells it touches
+    mask[..., 40:64, 40:64] = 1  # a region of whole cells elsewhere
+    inside, touched = latent_mask(mask, (8, 8), "inside"), latent_mask(mask, (8, 8), "any")
+    assert inside[0, 0, :, 0].eq(1).all()
+    assert torch.equal(inside[0, 0, 5:, 5:], touched[0, 0, 5:, 5:])  # the region's cells are whole
+    joined = mask.clone()
+    joined[..., 44, 3:40] = 1  # a one-pixel bridge joins the stroke to the region: only whole cells stay
+    assert latent_mask(joined, (8, 8), "inside")[0, 0, :, 0].eq(0).all()
+    assert latent_mask(torch.zeros(2, 1, 64, 64), (8, 8), "inside").sum() == 0
 
 
 def test_unknown_mode_is_refused():

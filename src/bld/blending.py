@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 
 def binarize_mask(mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -16,15 +18,32 @@ def latent_mask(mask: torch.Tensor, latent_size: tuple[int, int], mode: str = "a
 
     'any' marks every latent cell that the mask touches (adaptive max-pool), so thin strokes and small
     regions survive; 'nearest' samples one pixel per cell, as the paper's code and diffusers do; 'inside'
-    marks only the cells the mask covers whole, so what is generated stays within the mask's pixels.
+    marks the cells the mask covers whole, so what is generated stays within the mask's pixels, except
+    that a part of the mask covering no cell whole (a thin stroke or a dot on its own) keeps every cell
+    it touches, as in 'any', rather than vanish.
     """
     if mode == "any":
         return F.adaptive_max_pool2d(mask, latent_size)
     if mode == "inside":
-        return -F.adaptive_max_pool2d(-mask, latent_size)
+        return _inside_cells(mask, latent_size)
     if mode == "nearest":
         return F.interpolate(mask, size=latent_size, mode="nearest")
     raise ValueError(f"latent mask mode {mode!r} is not one of any, nearest, inside")
+
+
+def _inside_cells(mask: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+    """'inside' of latent_mask: whole cells, plus the touched cells of parts that have no whole cell."""
+    whole = -F.adaptive_max_pool2d(-mask, latent_size)
+    touched = F.adaptive_max_pool2d(mask, latent_size)
+    out = whole.clone()
+    for b in range(mask.shape[0]):
+        parts, count = ndimage.label(touched[b, 0].cpu().numpy() > 0, structure=np.ones((3, 3)))
+        if count == 0:
+            continue
+        has_whole = ndimage.maximum(whole[b, 0].cpu().numpy(), parts, index=np.arange(1, count + 1))
+        lacking = np.isin(parts, np.flatnonzero(np.asarray(has_whole) == 0) + 1)
+        out[b, 0][torch.from_numpy(lacking).to(out.device)] = 1
+    return out
 
 
 def num_skipped_steps(num_inference_steps: int, skip_fraction: float) -> int:

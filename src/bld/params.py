@@ -52,7 +52,7 @@ class EditParams:
         low=0, high=10, flag="--shrink-mask")
     latent_mask_mode: LatentMaskMode = _param(
         "any", "Mask downsampling: 'any' keeps every latent cell the mask touches; 'nearest' is the paper's; "
-        "'inside' keeps only the cells the mask covers whole.",
+        "'inside' keeps the cells the mask covers whole (a thin part on its own: the cells it touches).",
         choices=("any", "nearest", "inside"))
     background_noise: BackgroundNoise = _param(
         "fixed", "Noise for the background: 'fixed' (one noise, as diffusers) or 'fresh' each step (official code).",

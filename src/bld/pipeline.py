@@ -59,8 +59,8 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         model and the results are restored to it. mask_image: same size (or aspect ratio), white = edit,
         soft values thresholded at 0.5. skip_fraction: share of the schedule skipped before blending
         starts. latent_mask_mode: 'any' (keep every latent cell the mask touches), 'nearest' (the
-        paper's) or 'inside' (only cells the mask covers whole). mask_dilation_iterations: progressive
-        shrinking for thin masks (0 = off).
+        paper's) or 'inside' (cells the mask covers whole; a thin part on its own keeps the cells it
+        touches). mask_dilation_iterations: progressive shrinking for thin masks (0 = off).
         background_noise: 'fixed' (one noise, as diffusers) or 'fresh' (new noise every step).
         generator: one, or one per result to make each result reproducible on its own.
         reconstruction: 'none', 'pixel' (with `feather`), 'poisson', 'latent' or 'decoder' (with

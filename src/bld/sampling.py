@@ -212,10 +212,8 @@ class BlendedLatentMixin:
         z0 = self.encode_source(prepared.image).to(device=device, dtype=dtype)
         mask = latent_mask(prepared.mask, tuple(z0.shape[-2:]), mode)
         if not mask.any():
-            f = self.vae_scale_factor
-            why = f"it covers no {f} x {f} px latent cell whole" if mode == "inside" else f"it is thinner than {f} px"
             raise ValueError(f"the mask vanishes at the latent resolution with latent_mask_mode={mode!r} "
-                             f"({why}); use latent_mask_mode='any'")
+                             f"(it is thinner than {self.vae_scale_factor} pixels); use latent_mask_mode='any'")
         mask = mask.to(device=device, dtype=dtype)
         return z0.expand(batch_size, -1, -1, -1), mask.expand(batch_size, -1, -1, -1)
 
