@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from ..judge import load_judge
 from ..loading import default_model, load_pipeline, load_scorer
 from ..metrics import background_psnr
 from ..model_defaults import model_edit_defaults
-from ..params import EditParams
+from ..params import BackgroundNoise, EditParams, LatentMaskMode
 
 HELDOUT_BASE = 3_000  # streams [HELDOUT_BASE, seed, i]: never drawn by training (2-element [seed, i] seeds)
 
@@ -149,9 +150,9 @@ def parse_args(argv=None):
                    help="guidance scale of edits (default: the model's recommended one, else 7.5)")
     p.add_argument("--skip-fraction", type=float, default=None,
                    help="skipped fraction of the schedule (default: the model's recommended one, else 0.25)")
-    p.add_argument("--background-noise", choices=("fixed", "fresh"), default=None,
+    p.add_argument("--background-noise", choices=get_args(BackgroundNoise), default=None,
                    help="background noise of the blend (default: the model's recommended one, else fixed)")
-    p.add_argument("--latent-mask-mode", choices=("any", "nearest", "inside"), default=None,
+    p.add_argument("--latent-mask-mode", choices=get_args(LatentMaskMode), default=None,
                    help="mask downsampling of edits (default: the model's recommended one, else any)")
     p.add_argument("--reconstruction", default="decoder")
     p.add_argument("--paper-settings", action="store_true",
