@@ -1,7 +1,6 @@
 """The world judge: shipped weights on held-out renders, a training smoke run, save/load round trip."""
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -38,15 +37,12 @@ def test_shipped_weights_are_small():
 
 def test_shipped_judge_classifies_heldout_object_crops(judge):
     items = _heldout(200)
-    t0 = time.perf_counter()
     loose = judge.classify_regions([im for im, *_ in items], [box for *_, box in items])
     tight = judge.classify_regions([im for im, *_ in items], [s.object_box(j) for _, s, j, _ in items])
-    elapsed = time.perf_counter() - t0
     for res in (loose, tight):
         shape = np.mean([r["shape"] == s.objects[j].shape for r, (_, s, j, _) in zip(res, items)])
         color = np.mean([r["color"] == s.objects[j].color for r, (_, s, j, _) in zip(res, items)])
         assert shape >= 0.98 and color >= 0.98, (shape, color)
-    assert elapsed < 10, elapsed
 
 
 def test_shipped_judge_backgrounds_and_single_calls(judge):

@@ -1,7 +1,5 @@
 """The synthetic shapes world: determinism, rendering against masks, the caption grammar, edit tasks."""
 
-import time
-
 import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation
@@ -157,15 +155,3 @@ def test_edit_tasks(kind):
                 if o != task.target:
                     assert not (task.target_scene.object_mask(k) & task.mask).any()
         assert task.mask_image().mode == "L" and np.asarray(task.mask_image()).max() == 255
-
-
-def test_render_speed():
-    scenes = [sample_scene(np.random.default_rng([9, i])) for i in range(256)]
-    t0 = time.perf_counter()
-    for s in scenes:
-        render(s)
-    dt = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sample_batch(9, 256)
-    dt_batch = time.perf_counter() - t0
-    print(f"\nrender of 256 scenes: {dt:.3f} s; sample_batch(256) with scene sampling: {dt_batch:.3f} s")
