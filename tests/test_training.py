@@ -303,7 +303,7 @@ def test_measure_writes_a_report_of_shares(tmp_path):
     out = tmp_path / "measure"
     measure.main(["--model", "tiny-random", "--out", str(out), "--t2i", "3", "--edits", "2", "--steps", "2",
                   "--t2i-steps", "2", "--num-images", "2", "--reconstruction", "pixel", "--latent-mask-mode", "inside",
-                  "--threads", "1"])
+                  "--save-results", "--threads", "1"])
     report = json.loads((out / "report.json").read_text())
     t2i = report["text_to_image"]
     assert t2i["samples"] == 3
@@ -317,3 +317,11 @@ def test_measure_writes_a_report_of_shares(tmp_path):
     assert report["edit_params"]["skip_fraction"] == 0.25  # no recommended settings: the paper's
     assert report["edit_params"]["latent_mask_mode"] == edits["latent_mask_mode"] == "inside"  # the flag's
     assert (out / "t2i.png").is_file() and (out / "edits.png").is_file()
+    tasks = [json.loads(line) for line in (out / "edits.jsonl").read_text().splitlines()]
+    assert [t["task"] for t in tasks] == [0, 1] and [t["kind"] for t in tasks] == ["add", "replace"]
+    assert all(len(t["results"]) == 2 for t in tasks)
+    assert edits["all"]["best_of_n"] == np.mean([t["results"][0]["correct"] for t in tasks])
+    assert (out / "edits-missed.png").is_file() == (edits["all"]["best_of_n"] < 1)
+    saved = sorted(p.name for p in (out / "edits-results").iterdir())
+    assert saved == ["000-1.png", "000-2.png", "001-1.png", "001-2.png"]
+    assert PIL.Image.open(out / "edits-results" / "001-2.png").size == (64, 64)

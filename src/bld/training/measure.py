@@ -14,7 +14,10 @@
   outside the mask against the source image. `--background-edits` adds inverted-mask background tasks.
   Edit settings not given as flags are the model's recommended ones (bld.model_defaults), as `bld edit` uses.
 
-Writes report.json (also printed) and contact sheets t2i.png / edits.png to --out.
+Writes to --out: report.json (also printed); contact sheets t2i.png, edits.png (the first tasks) and
+edits-missed.png (tasks whose CLIP-ranked best result is wrong); edits.jsonl, one line per task (prompt,
+kind, each result's seed, CLIP score, background PSNR and verdict, best first); with `--save-results`, every
+result as edits-results/TTT-R.png (task TTT, rank R), to look at or to rank again.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from pathlib import Path
 from typing import get_args
 
 import numpy as np
+import PIL.ImageDraw
 import torch
 from tqdm.auto import tqdm
 
 from .. import world
-from ..editing import run_edit
-from ..grid import make_grid
+from ..editing import json_safe, run_edit
+from ..grid import LABEL_HEIGHT, make_grid
+from ..image_io import save_png_atomic
 from ..judge import load_judge
 from ..loading import default_model, load_pipeline, load_scorer
 from ..metrics import background_psnr
@@ -132,6 +137,42 @@ def edits_sheet(rows, count: int = 8):
     return make_grid(images, labels, tile=128, columns=2 + len(rows[0][1]))
 
 
+def missed_sheet(rows, count: int = 16):
+    """Like edits_sheet, for the tasks whose best-ranked result is wrong (None when there are none)."""
+    missed = [(i, row) for i, row in enumerate(rows) if not row[2][0]["correct"]][:count]
+    if not missed:
+        return None
+    sheet = edits_sheet([row for _, row in missed], count)
+    draw, tile = PIL.ImageDraw.Draw(sheet), 128
+    for line, (i, _) in enumerate(missed):  # the task's index, for edits.jsonl and edits-results/
+        draw.text((4, line * (tile + LABEL_HEIGHT) + 4), f"task {i}", fill="white", stroke_width=2, stroke_fill="black")
+    return sheet
+
+
+def task_lines(rows) -> list[dict]:
+    """One JSON-ready dict per task: prompt, kind and each result (best first) with its verdict."""
+    return [{"task": i, "kind": task.kind, "prompt": task.prompt,
+             "results": [{"seed": r.seed, "score": r.score, "correct": bool(v["correct"]),
+                          "background_psnr": background_psnr(task.image, r.image, task.mask)}
+                         for r, v in zip(results, verdicts)]}
+            for i, (task, results, verdicts) in enumerate(rows)]
+
+
+def write_rows(out: Path, name: str, rows, save_results: bool) -> None:
+    """edits.jsonl (every task), the missed sheet and, if asked, every result image (see the module doc)."""
+    lines = [json.dumps(line, allow_nan=False) for line in json_safe(task_lines(rows))]
+    (out / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines))
+    sheet = missed_sheet(rows)
+    if sheet is not None:
+        sheet.save(out / f"{name}-missed.png")
+    if save_results:
+        folder = out / f"{name}-results"
+        folder.mkdir(exist_ok=True)
+        for i, (_, results, _) in enumerate(rows):
+            for rank, r in enumerate(results):
+                save_png_atomic(r.image, folder / f"{i:03d}-{rank + 1}.png", overwrite=True)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,6 +200,7 @@ def parse_args(argv=None):
                    help="edit with EditParams' defaults (the paper's), not the model's recommended settings")
     p.add_argument("--background-weight", type=float, default=None,
                    help="decoder reconstruction's background weight (default: the model's recommended one, else 100)")
+    p.add_argument("--save-results", action="store_true", help="write every edit result to OUT/edits-results/")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
@@ -194,6 +236,7 @@ def main(argv=None) -> None:
             report[name], rows = measure_edits(pipe, scorer, judge, edit_tasks(n, args.seed + (name != "edits"), kinds),
                                                params)
             edits_sheet(rows).save(args.out / f"{name}.png")
+            write_rows(args.out, name, rows, args.save_results)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
