@@ -45,6 +45,7 @@ from ..metrics import background_psnr
 from ..model_defaults import model_edit_defaults
 from ..params import BackgroundNoise, EditParams, LatentMaskMode
 
+SHEET_TILE = 128  # px per image in the contact sheets
 HELDOUT_BASE = 3_000  # streams [HELDOUT_BASE, seed, i]: never drawn by training (2-element [seed, i] seeds)
 
 
@@ -123,7 +124,7 @@ def measure_edits(pipe, scorer, judge, tasks, params: EditParams):
 def t2i_sheet(samples, count: int = 24):
     images = [im for im, _, _ in samples[:count]]
     labels = [("ok " if v["shape"] and v["color"] else "x ") + cap.split(" on ")[0] for _, cap, v in samples[:count]]
-    return make_grid(images, labels, tile=128, columns=8)
+    return make_grid(images, labels, tile=SHEET_TILE, columns=8)
 
 
 def edits_sheet(rows, count: int = 8):
@@ -134,7 +135,7 @@ def edits_sheet(rows, count: int = 8):
         for r, v in zip(results, verdicts):
             images.append(r.image)
             labels.append(f"{'ok' if v['correct'] else 'x'} {r.score:.2f}" if r.score is not None else "")
-    return make_grid(images, labels, tile=128, columns=2 + len(rows[0][1]))
+    return make_grid(images, labels, tile=SHEET_TILE, columns=2 + len(rows[0][1]))
 
 
 def missed_sheet(rows, count: int = 16):
@@ -143,9 +144,10 @@ def missed_sheet(rows, count: int = 16):
     if not missed:
         return None
     sheet = edits_sheet([row for _, row in missed], count)
-    draw, tile = PIL.ImageDraw.Draw(sheet), 128
+    draw = PIL.ImageDraw.Draw(sheet)
     for line, (i, _) in enumerate(missed):  # the task's index, for edits.jsonl and edits-results/
-        draw.text((4, line * (tile + LABEL_HEIGHT) + 4), f"task {i}", fill="white", stroke_width=2, stroke_fill="black")
+        draw.text((4, line * (SHEET_TILE + LABEL_HEIGHT) + 4), f"task {i}", fill="white",
+                  stroke_width=2, stroke_fill="black")
     return sheet
 
 
