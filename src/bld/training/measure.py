@@ -41,7 +41,6 @@ from ..grid import LABEL_HEIGHT, make_grid
 from ..image_io import save_png_atomic
 from ..judge import load_judge
 from ..loading import default_model, load_pipeline, load_scorer
-from ..metrics import background_psnr
 from ..model_defaults import model_edit_defaults
 from ..params import BackgroundNoise, EditParams, LatentMaskMode
 
@@ -112,7 +111,7 @@ def measure_edits(pipe, scorer, judge, tasks, params: EditParams):
         all_ok = [v["correct"] for _, _, vs in sel for v in vs]
         best_ok = [vs[0]["correct"] for _, _, vs in sel]  # results come CLIP-ranked, best first
         any_ok = [any(v["correct"] for v in vs) for _, _, vs in sel]
-        psnrs = [background_psnr(t.image, r.image, t.mask) for t, rs, _ in sel for r in rs]
+        psnrs = [r.metrics["background_psnr"] for _, rs, _ in sel for r in rs]  # run_edit measured it
         summary[kind] = {"tasks": len(sel), "all_results": float(np.mean(all_ok)),
                          "best_of_n": float(np.mean(best_ok)), "any_of_n": float(np.mean(any_ok)),
                          "background_psnr_mean": float(np.mean(psnrs)),
@@ -155,7 +154,7 @@ def task_lines(rows) -> list[dict]:
     """One JSON-ready dict per task: prompt, kind and each result (best first) with its verdict."""
     return [{"task": i, "kind": task.kind, "prompt": task.prompt,
              "results": [{"seed": r.seed, "score": r.score, "correct": bool(v["correct"]),
-                          "background_psnr": background_psnr(task.image, r.image, task.mask)}
+                          "background_psnr": r.metrics["background_psnr"]}
                          for r, v in zip(results, verdicts)]}
             for i, (task, results, verdicts) in enumerate(rows)]
 
