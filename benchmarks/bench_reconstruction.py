@@ -30,9 +30,9 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL
 
-from bld.photo_vae import pasted_edit, photo, train_photo_vae
-from bld.reconstruction import crop_box, decode, encode_mean, psnr, reconstruct_background, vae_scale_factor
-from bld.reference_architectures import SD_VAE, random_init_
+from bld.ops.reconstruction import crop_box, decode, encode_mean, psnr, reconstruct_background, vae_scale_factor
+from bld.testing.photo_vae import pasted_edit, photo, train_photo_vae
+from bld.testing.reference_architectures import SD_VAE, random_init_
 
 ROOT = Path(__file__).resolve().parents[1]
 

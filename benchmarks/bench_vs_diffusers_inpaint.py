@@ -25,7 +25,7 @@ import torch
 from diffusers import StableDiffusionInpaintPipeline
 
 from bld import BlendedLatentDiffusionPipeline
-from bld.reference_architectures import sd15_components
+from bld.testing.reference_architectures import sd15_components
 
 
 def rss_bytes() -> int:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bld import BlendedLatentDiffusionPipeline, BlendedLatentDiffusionXLPipeline
-from bld.tiny_models import tiny_sd_components, tiny_sdxl_components
+from bld.testing.tiny_models import tiny_sd_components, tiny_sdxl_components
 
 SIZE = 64
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bld.blending import binarize_mask, blend, latent_mask, num_skipped_steps
+from bld.ops.blending import binarize_mask, blend, latent_mask, num_skipped_steps
 
 
 def test_binarize_thresholds_at_half():

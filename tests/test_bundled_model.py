@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from bld import world
-from bld.demo_scene import DEMO_BOX, DEMO_PROMPT, demo_scene
 from bld.editing import run_edit
-from bld.judge import load_judge
 from bld.loading import BUNDLED_MODEL_DIR, default_model, load_pipeline, load_scorer
 from bld.model_defaults import model_edit_defaults
 from bld.params import EditParams
-from bld.training.configs import WORLD_EDIT_DEFAULTS
+from bld.world import scenes as world
+from bld.world.demo import DEMO_BOX, DEMO_PROMPT, demo_scene
+from bld.world.judge import load_judge
+from bld.world.training.configs import WORLD_EDIT_DEFAULTS
 
 MAX_BYTES = 40 * 2**20
 

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import PIL.Image
 import pytest
+from conftest import make_image, make_mask
 
-from bld.cli import main
+from bld.apps.cli import main
 from bld.editing import params_from_metadata
 from bld.image_io import read_png_metadata
-from conftest import make_image, make_mask
 
 FAST = ["--steps", "4", "--num-results", "2", "--seed", "11", "--model", "tiny-random"]  # CLI mechanics, unranked order
 

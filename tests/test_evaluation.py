@@ -8,10 +8,10 @@ import pytest
 import torch
 from scipy import ndimage
 
-from bld.cli import main
-from bld.evaluation import methods as M
-from bld.evaluation import scoring, suite
-from bld.judge import load_judge
+from bld.apps.cli import main
+from bld.world.evaluation import methods as M
+from bld.world.evaluation import scoring, suite
+from bld.world.judge import load_judge
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def judge():
 
 @pytest.fixture(scope="module")
 def scorer(tmp_path_factory):
-    from bld.tiny_clip import tiny_clip
+    from bld.testing.tiny_clip import tiny_clip
 
     return tiny_clip(tmp_path_factory.mktemp("clip"))
 

@@ -6,9 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from bld import world
-from bld.judge import (DEFAULT_WEIGHTS, HELDOUT_SEED_BASE, Judge, JudgeNet, _edit_style_box, load_judge, mask_box,
-                       save_judge, train_judge)
+from bld.world import scenes as world
+from bld.world.judge import (
+    DEFAULT_WEIGHTS,
+    HELDOUT_SEED_BASE,
+    Judge,
+    JudgeNet,
+    _edit_style_box,
+    load_judge,
+    mask_box,
+    save_judge,
+    train_judge,
+)
 
 
 @pytest.fixture(scope="module")

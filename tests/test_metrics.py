@@ -1,16 +1,16 @@
-"""bld.metrics: background PSNR / SSIM, seam color difference, input checks. Real photos from scikit-image."""
+"""bld.ops.metrics: background PSNR / SSIM, seam color difference, input checks. Real photos from scikit-image."""
 
 import math
 
 import numpy as np
 import PIL.Image
 import pytest
+from conftest import SIZE, make_image, make_mask
 from scipy import ndimage
 from skimage import data
 from skimage.color import deltaE_ciede2000, rgb2lab
 
-from bld.metrics import (background_psnr, background_ssim, compute_metrics, edge_color_difference)
-from conftest import SIZE, make_image, make_mask
+from bld.ops.metrics import background_psnr, background_ssim, compute_metrics, edge_color_difference
 
 BOX = (16, 12, 44, 48)  # left, top, right, bottom
 SHIFT = np.array([0.15, -0.10, 0.05])

@@ -3,11 +3,16 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, \
-    EulerDiscreteScheduler, HeunDiscreteScheduler
-
-from bld.blending import latent_mask
 from conftest import SIZE, gen, make_image, make_mask
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+)
+
+from bld.ops.blending import latent_mask
 
 STEPS = 4  # skip_fraction 0.25 -> 3 blended steps
 
@@ -197,7 +202,7 @@ def test_inside_mode_keeps_the_source_on_every_cell_the_mask_only_touches(sd_pip
 
 
 def test_ranking_sorts_best_first_and_reports_the_batch_order(sd_pipe, image, mask, tmp_path):
-    from bld.tiny_clip import tiny_clip
+    from bld.testing.tiny_clip import tiny_clip
 
     scorer = tiny_clip(tmp_path / "clip")
     ranked = sd_pipe("a red star", image, mask, num_inference_steps=STEPS, num_images_per_prompt=3,
@@ -228,11 +233,11 @@ def test_reconstruction_runs_inline(sd_pipe, image, mask, method):
 
 
 def test_background_weight_reaches_the_reconstruction(sd_pipe, image, mask, monkeypatch):
-    import bld.sampling
+    import bld.pipelines.blended
 
     seen = []
-    real = bld.sampling.reconstruct_background
-    monkeypatch.setattr(bld.sampling, "reconstruct_background",
+    real = bld.pipelines.blended.reconstruct_background
+    monkeypatch.setattr(bld.pipelines.blended, "reconstruct_background",
                         lambda *a, **kw: seen.append(kw.get("background_weight")) or real(*a, **kw))
     edit(sd_pipe, image, mask, reconstruction="decoder", reconstruction_steps=1, reconstruction_background_weight=7.0)
     edit(sd_pipe, image, mask, reconstruction="decoder", reconstruction_steps=1)

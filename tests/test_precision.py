@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from conftest import gen, make_image, make_mask
 
 from bld import BlendedLatentDiffusionPipeline
-from bld.blending import latent_mask
-from bld.tiny_models import tiny_sd_components
-from conftest import gen, make_image, make_mask
+from bld.ops.blending import latent_mask
+from bld.testing.tiny_models import tiny_sd_components
 
 
 def test_float16_vae_with_force_upcast_runs_in_float32_and_is_restored(tmp_path):

@@ -6,11 +6,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-
-from bld.metrics import compute_metrics
-from bld.ranking import CLIP_MEAN, CLIP_STD, ClipScorer, rank
-from bld.tiny_clip import tiny_clip
 from conftest import SIZE, make_image, make_mask
+
+from bld.ops.metrics import compute_metrics
+from bld.ranking import CLIP_MEAN, CLIP_STD, ClipScorer, rank
+from bld.testing.tiny_clip import tiny_clip
 
 PROMPT = "a red apple on the table"
 

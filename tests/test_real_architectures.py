@@ -17,11 +17,11 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+from conftest import gen, make_image, make_mask
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from bld import BlendedLatentDiffusionPipeline, BlendedLatentDiffusionXLPipeline
-from bld import reference_architectures as ra
-from conftest import gen, make_image, make_mask
+from bld.testing import reference_architectures as ra
 
 WIDTH, HEIGHT = 96, 64  # not square, so that a swapped height and width would show
 EDIT = dict(num_inference_steps=2, skip_fraction=0.5, guidance_scale=7.5, num_images_per_prompt=1)

@@ -17,10 +17,16 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from bld.reconstruction import (METHODS, crop_box, preserved_decoder, psnr, reconstruct_background,
-                                reconstruct_images)
+from bld.ops.reconstruction import (
+    METHODS,
+    crop_box,
+    preserved_decoder,
+    psnr,
+    reconstruct_background,
+    reconstruct_images,
+)
+from bld.testing.photo_vae import pasted_edit, photo, train_photo_vae
 
-from bld.photo_vae import pasted_edit, photo, train_photo_vae
 
 def edit_scene(vae, size: int = 64, seed: int = 0):
     """(original, edited, latents, mask): a held-out photo crop, a random rectangle (sides 1/4 to 1/2 of

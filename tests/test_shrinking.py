@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-
-from bld.blending import dilate, latent_mask, phase_of_step, shrinking_masks
 from conftest import SIZE, gen
+
+from bld.ops.blending import dilate, latent_mask, phase_of_step, shrinking_masks
 
 
 def point_mask(size=16):

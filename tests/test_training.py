@@ -1,4 +1,4 @@
-"""Smoke tests of bld.training: tokenizer coverage, a few VAE and UNet steps, checkpoints, resume, export."""
+"""Smoke tests of bld.world.training: tokenizer coverage, a few VAE and UNet steps, checkpoints, resume, export."""
 
 import json
 
@@ -7,9 +7,8 @@ import PIL.Image
 import pytest
 import torch
 
-from bld.training.tokenizer import MODEL_MAX_LENGTH, check_word_level, write_world_tokenizer
-from bld.world import COLORS, SHAPES, sample_batch, sample_edit_task, vocabulary
-
+from bld.world.scenes import COLORS, SHAPES, sample_batch, sample_edit_task, vocabulary
+from bld.world.training.tokenizer import MODEL_MAX_LENGTH, check_word_level, write_world_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,7 +40,7 @@ def test_tokenizer_one_token_per_word(tokenizer):
 
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory):
-    from bld.training import train_vae
+    from bld.world.training import train_vae
 
     out = tmp_path_factory.mktemp("vae")
     common = ["--out", str(out), "--batch", "4", "--seed", "0", "--eval-n", "4", "--no-progress",
@@ -51,7 +50,7 @@ def vae_run(tmp_path_factory):
 
 
 def test_vae_trains_checkpoints_and_resumes(vae_run):
-    from bld.training import train_vae
+    from bld.world.training import train_vae
 
     out, first, common = vae_run
     assert first["step"] == 3
@@ -82,7 +81,7 @@ def test_vae_trains_checkpoints_and_resumes(vae_run):
 
 @pytest.fixture(scope="module")
 def clip_run(tmp_path_factory):
-    from bld.training import train_clip
+    from bld.world.training import train_clip
 
     out = tmp_path_factory.mktemp("clip")
     common = ["--out", str(out), "--batch", "8", "--seed", "0", "--log-every", "1", "--ckpt-every", "2",
@@ -94,7 +93,7 @@ def clip_run(tmp_path_factory):
 def test_clip_trains_resumes_and_exports_a_clip_model(clip_run):
     from transformers import CLIPModel, CLIPTokenizer
 
-    from bld.training import train_clip
+    from bld.world.training import train_clip
 
     out, first, common = clip_run
     assert first["step"] == 3 and set(first["zero_shot"]) == {"shape_object", "shape_full", "color_object", "shape_masked"}
@@ -115,7 +114,7 @@ def test_clip_trains_resumes_and_exports_a_clip_model(clip_run):
 def test_clip_continued_with_a_frozen_text_tower_keeps_it(clip_run, tmp_path):
     from transformers import CLIPModel
 
-    from bld.training import train_clip
+    from bld.world.training import train_clip
 
     start = CLIPModel.from_pretrained(clip_run[0] / "clip")
     out = tmp_path / "more"
@@ -130,7 +129,7 @@ def test_clip_continued_with_a_frozen_text_tower_keeps_it(clip_run, tmp_path):
 
 
 def test_clip_batches_are_seeded_views_with_their_captions():
-    from bld.training.train_clip import clip_batch
+    from bld.world.training.train_clip import clip_batch
 
     x, captions, negatives = clip_batch(3, 10, 40)
     x2, captions2, negatives2 = clip_batch(3, 10, 40)
@@ -144,7 +143,7 @@ def test_clip_batches_are_seeded_views_with_their_captions():
 
 
 def test_cut_pairs_show_an_object_whole_and_cut_by_the_rectangles_edge():
-    from bld.training.train_clip import cut_pairs
+    from bld.world.training.train_clip import cut_pairs
 
     wholes, cuts, captions = cut_pairs(3, 0, 30)
     again = cut_pairs(3, 0, 30)
@@ -157,7 +156,7 @@ def test_cut_pairs_show_an_object_whole_and_cut_by_the_rectangles_edge():
 
 
 def test_hard_negatives_swap_each_other_shape_and_some_colors_and_keep_articles():
-    from bld.training.train_clip import hard_negatives
+    from bld.world.training.train_clip import hard_negatives
 
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -183,7 +182,7 @@ def test_unet_trains_and_exports_a_standard_pipeline(vae_run, clip_run, tmp_path
 
     from bld import BlendedLatentDiffusionPipeline
     from bld.ranking import ClipScorer
-    from bld.training import train_unet
+    from bld.world.training import train_unet
 
     vae_dir, clip_dir = vae_run[0], clip_run[0]
     out = tmp_path / "unet"
@@ -197,7 +196,7 @@ def test_unet_trains_and_exports_a_standard_pipeline(vae_run, clip_run, tmp_path
     assert sum(p.stat().st_size for p in files) < 40e6
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".ckpt")]  # safetensors only
     from bld.model_defaults import model_edit_defaults
-    from bld.training.configs import WORLD_EDIT_DEFAULTS
+    from bld.world.training.configs import WORLD_EDIT_DEFAULTS
 
     assert model_edit_defaults(str(folder)) == WORLD_EDIT_DEFAULTS
     for part in ("tokenizer", "clip"):  # no padding or truncation left over from training's tokenizer calls
@@ -258,7 +257,7 @@ def test_unet_trains_and_exports_a_standard_pipeline(vae_run, clip_run, tmp_path
 
 
 def test_folder_written_atomically_keeps_the_old_folder_until_the_new_one_is_complete(tmp_path):
-    from bld.training import folder_written_atomically
+    from bld.world.training import folder_written_atomically
 
     target = tmp_path / "model"
     with folder_written_atomically(target) as tmp:
@@ -275,7 +274,7 @@ def test_folder_written_atomically_keeps_the_old_folder_until_the_new_one_is_com
 
 
 def test_checkpoint_paths_are_relative_to_the_working_directory_when_inside_it(tmp_path, monkeypatch):
-    from bld.training.train_unet import portable_path
+    from bld.world.training.train_unet import portable_path
 
     (tmp_path / "repo" / "checkpoints" / "vae").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "repo")
@@ -284,7 +283,7 @@ def test_checkpoint_paths_are_relative_to_the_working_directory_when_inside_it(t
 
 
 def test_unet_learning_rate_warms_up_then_decays_linearly_to_its_final_value():
-    from bld.training.train_unet import lr_factor
+    from bld.world.training.train_unet import lr_factor
 
     schedule = dict(lr=1e-4, lr_final=1e-5, decay_start=1000, steps=2000, warmup=100)
     assert lr_factor(0, **schedule) == pytest.approx(0.01)
@@ -298,7 +297,7 @@ def test_unet_learning_rate_warms_up_then_decays_linearly_to_its_final_value():
 
 
 def test_measure_writes_a_report_of_shares(tmp_path):
-    from bld.training import measure
+    from bld.world.training import measure
 
     out = tmp_path / "measure"
     measure.main(["--model", "tiny-random", "--out", str(out), "--t2i", "3", "--edits", "2", "--steps", "2",

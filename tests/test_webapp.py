@@ -14,16 +14,23 @@ import time
 import numpy as np
 import PIL.Image
 import pytest
+from conftest import make_image, make_mask
 
-from bld import webapp
+from bld.apps import webapp
+from bld.apps.webapp import (
+    WebEditor,
+    build_app,
+    editor_value,
+    load_source,
+    mask_from_editor,
+    mask_layer,
+    params_from_values,
+)
 from bld.editing import METADATA_KEY, params_from_metadata
 from bld.image_io import InputError, read_png_metadata
 from bld.loading import TINY_RANDOM, load_pipeline
 from bld.params import EditParams
-from bld.tiny_clip import tiny_clip
-from bld.webapp import (WebEditor, build_app, editor_value, load_source, mask_from_editor, mask_layer,
-                        params_from_values)
-from conftest import make_image, make_mask
+from bld.testing.tiny_clip import tiny_clip
 
 FAST = {"num_inference_steps": 4.0, "num_images": 2.0, "seed": "5"}  # as the page sends them: sliders give floats
 

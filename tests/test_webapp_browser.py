@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-
-from bld.webapp import MAX_UPLOAD_MB
 from conftest import make_image
+
+from bld.apps.webapp import MAX_UPLOAD_MB
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -64,7 +64,7 @@ def server():
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "webapp-server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "bld.cli", "serve", "--model", "tiny-random", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "bld.apps.cli", "serve", "--model", "tiny-random", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180

@@ -4,9 +4,22 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation
 
-from bld import world
-from bld.world import (BACKGROUND_PATTERNS, COLORS, SHAPES, BackgroundSpec, ObjectSpec, Scene, parse_caption,
-                       render, sample_batch, sample_edit_task, sample_scene, training_caption, vocabulary)
+from bld.world import scenes as world
+from bld.world.scenes import (
+    BACKGROUND_PATTERNS,
+    COLORS,
+    SHAPES,
+    BackgroundSpec,
+    ObjectSpec,
+    Scene,
+    parse_caption,
+    render,
+    sample_batch,
+    sample_edit_task,
+    sample_scene,
+    training_caption,
+    vocabulary,
+)
 
 
 def _bytes(items):

@@ -10,9 +10,9 @@ __all__ = ["BlendedLatentDiffusionPipeline", "BlendedLatentDiffusionXLPipeline",
            "BlendedLatentDiffusionPipelineOutput", "EditParams", "__version__"]
 
 _LAZY = {
-    "BlendedLatentDiffusionPipeline": ".pipeline",
-    "BlendedLatentDiffusionXLPipeline": ".pipeline_xl",
-    "BlendedLatentDiffusionPipelineOutput": ".sampling",
+    "BlendedLatentDiffusionPipeline": ".pipelines.stable_diffusion",
+    "BlendedLatentDiffusionXLPipeline": ".pipelines.stable_diffusion_xl",
+    "BlendedLatentDiffusionPipelineOutput": ".pipelines.blended",
 }
 
 

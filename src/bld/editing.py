@@ -13,7 +13,7 @@ import PIL.Image
 import torch
 
 from . import __version__
-from .metrics import compute_metrics
+from .ops.metrics import compute_metrics
 from .params import EditParams
 
 METADATA_KEY = "bld"

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 __all__ = [
+    "MAX_EDIT_PIXELS",
     "MAX_PIXELS",
     "InputError",
     "check_same_aspect",
@@ -36,6 +37,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: Largest accepted width * height (about 16.8 megapixels).
 MAX_PIXELS = 4096 * 4096
+
+#: Largest image edited at its own size; above it the front ends ask for a smaller width or height.
+MAX_EDIT_PIXELS = 2048 * 2048
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _WIDE_GRAY_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}

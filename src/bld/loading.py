@@ -12,10 +12,9 @@ import torch
 from .hub import offline_requested
 from .image_io import InputError
 from .model_defaults import BUNDLED_MODEL_DIR, TINY_RANDOM, default_model  # noqa: F401 - re-exported
-from .pipeline import BlendedLatentDiffusionPipeline
-from .pipeline_xl import BlendedLatentDiffusionXLPipeline
-from .schedulers import make_scheduler
-
+from .pipelines.schedulers import make_scheduler
+from .pipelines.stable_diffusion import BlendedLatentDiffusionPipeline
+from .pipelines.stable_diffusion_xl import BlendedLatentDiffusionXLPipeline
 
 Pipeline = BlendedLatentDiffusionPipeline | BlendedLatentDiffusionXLPipeline
 
@@ -31,7 +30,7 @@ def load_scorer(clip_model: str | None, model: str, device: torch.device):
     if (bundled_clip / "config.json").is_file():
         return ClipScorer.from_pretrained(bundled_clip, device=device)
     if model == TINY_RANDOM:
-        from .tiny_clip import tiny_clip
+        from .testing.tiny_clip import tiny_clip
 
         return tiny_clip(tempfile.mkdtemp(prefix="bld-clip-"))
     return None
@@ -96,7 +95,7 @@ def load_pipeline(model: str | None = None, *, device: str = "auto", dtype: str 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     if model == TINY_RANDOM:
-        from .tiny_models import tiny_sd_components
+        from .testing.tiny_models import tiny_sd_components
 
         pipe = BlendedLatentDiffusionPipeline(**tiny_sd_components(tokenizer_dir=tempfile.mkdtemp(prefix="bld-")))
     else:

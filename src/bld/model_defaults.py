@@ -15,7 +15,7 @@ from .image_io import InputError
 from .params import EditParams
 
 TINY_RANDOM = "tiny-random"
-BUNDLED_MODEL_DIR = Path(__file__).parent / "bundled_model"
+BUNDLED_MODEL_DIR = Path(__file__).parent / "world" / "bundled_model"
 EDIT_DEFAULTS_FILE = "bld_edit_defaults.json"
 
 

@@ -96,6 +96,17 @@ class EditParams:
         return cls(**values)
 
 
+def field_flag(param: dataclasses.Field) -> str:
+    """The command-line flag of an EditParams field: its own (e.g. --steps) or --field-name."""
+    return param.metadata["flag"] or "--" + param.name.replace("_", "-")
+
+
+def field_value_type(param: dataclasses.Field) -> type:
+    """int, float or str: the type a front end parses a field's text into."""
+    kind = str(param.type)
+    return int if kind.startswith("int") else float if kind.startswith("float") else str
+
+
 def check_range(name: str, value: Any, low: float | None, high: float | None) -> None:
     """Raise ValueError naming `name` when `value` lies outside [low, high]."""
     if low is not None and value < low or high is not None and value > high:

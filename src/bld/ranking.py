@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bld.hub import offline_requested
-from bld.metrics import as_mask_array, as_rgb_array
+from .hub import offline_requested
+from .ops.metrics import as_mask_array, as_rgb_array
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -1,0 +1,427 @@
+"""`bld` command line: a thin layer over the pipeline. Flags come from EditParams."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import typing
+import warnings
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+from ..image_io import MAX_EDIT_PIXELS, MAX_PIXELS, InputError
+from ..params import EditParams, field_flag, field_value_type
+
+RUNTIME_FLAGS = ("model", "device", "dtype")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line and exits with 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_param_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per EditParams field (the prompt is positional), with its default, range and help. A flag not
+    given is None: params_from_args fills in the model's recommended value or the field's default."""
+    group = parser.add_argument_group("edit parameters", bundled_defaults_note())
+    for field in dataclasses.fields(EditParams):
+        if field.name == "prompt":
+            continue
+        meta, flag = field.metadata, field_flag(field)
+        help_text = meta["help"]
+        if meta["low"] is not None:
+            help_text += f" Range [{meta['low']}, {meta['high']}]."
+        if field.default is not None and not isinstance(field.default, bool):
+            help_text += f" Default: {field.default}."
+        if isinstance(field.default, bool):
+            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text + (" On by default." if field.default else ""))
+        elif meta["choices"]:
+            group.add_argument(flag, dest=field.name, choices=meta["choices"], default=None, help=help_text)
+        else:
+            kind = field_value_type(field)
+            group.add_argument(flag, dest=field.name, type=kind, default=None,
+                               metavar={int: "N", float: "X"}.get(kind, "TEXT"), help=help_text)
+
+
+def bundled_defaults_note() -> str:
+    """The edit-parameters group's description: where defaults come from, with the bundled model's own."""
+    from ..model_defaults import BUNDLED_MODEL_DIR, EDIT_DEFAULTS_FILE, model_edit_defaults
+
+    note = (f"Defaults are the paper's, except where the model folder's {EDIT_DEFAULTS_FILE} recommends "
+            "others (flags given always win).")
+    try:
+        own = model_edit_defaults(str(BUNDLED_MODEL_DIR))
+    except InputError:
+        own = {}
+    if own:
+        note += " The bundled model's: " + ", ".join(f"{field_flag(f)} {own[f.name]}" for f in dataclasses.fields(
+            EditParams) if f.name in own) + "."
+    return note
+
+
+def params_from_args(args: argparse.Namespace, model_defaults: dict | None = None) -> EditParams:
+    """The flags given, over `model_defaults` (a model's recommended values), over EditParams' defaults."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(EditParams) if getattr(args, f.name) is not None}
+    return EditParams.from_dict({**(model_defaults or {}), **given})
+
+
+def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None,
+                        help="diffusers model folder or Hugging Face Hub id (SD 1.x/2.x or SDXL). "
+                             "Default: the bundled model (tiny random components until it ships).")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 elsewhere), float32, "
+                                                        "float16, bfloat16")
+    parser.add_argument("--clip-model", default=None,
+                        help="CLIP model (transformers folder or Hub id, e.g. openai/clip-vit-base-patch16) that "
+                             "ranks the results; default: the bundled model's")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="bld", description="Text-driven local image editing with Blended Latent Diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    edit = sub.add_parser("edit", help="edit the masked region of an image to follow a prompt",
+                          description="Edit the white region of MASK in IMAGE to follow PROMPT; keep the rest.")
+    edit.add_argument("image", help="the image to edit (PNG, JPEG, WebP, TIFF, ...)")
+    edit.add_argument("mask", help="the mask: white = edit, black = keep; same size or aspect ratio as the image")
+    edit.add_argument("prompt", help="what the masked region should show")
+    edit.add_argument("-o", "--output", required=True,
+                      help="result PNG; with several results: NAME-1.png, NAME-2.png, ...")
+    add_param_flags(edit)
+    add_runtime_flags(edit)
+
+    rec = sub.add_parser("reconstruct", help="restore the background of results already produced",
+                         description="Reconstruct the background of RESULT(s) from ORIGINAL outside MASK "
+                                     "(PAPER.md section 2), e.g. with the decoder fine-tune on the results you keep.")
+    rec.add_argument("original", help="the image that was edited")
+    rec.add_argument("mask", help="the mask used for the edit (white = edited)")
+    rec.add_argument("results", nargs="+", help="edited result(s), same size as the original")
+    rec.add_argument("-o", "--output", required=True, help="output PNG; with several results: NAME-1.png, ...")
+    rec.add_argument("--method", choices=("pixel", "poisson", "latent", "decoder"), default="decoder",
+                     help="reconstruction method (default: decoder, the paper's)")
+    rec.add_argument("--invert-mask", action="store_true", help="the edit used --invert-mask")
+    rec.add_argument("--feather", type=int, default=0, help="pixel method: blend width inside the mask edge")
+    rec.add_argument("--steps", type=int, default=75, help="latent/decoder optimization steps (default 75)")
+    rec.add_argument("--background-weight", type=float, default=100.0,
+                     help="latent/decoder: weight of the background term of the loss (default 100, the paper's)")
+    rec.add_argument("--crop", action="store_true", help="latent/decoder: work on a crop around the mask")
+    rec.add_argument("--model", default=None, help="model whose VAE to use (latent/decoder); default: the bundled")
+    rec.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    rec.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    rec.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+    demo = sub.add_parser("demo", help="edit a built-in scene and write a grid image you can look at")
+    demo.add_argument("-o", "--output", default="bld-demo", help="folder for the results (default: bld-demo)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the first result (default: 0)")
+    add_runtime_flags(demo)
+
+    serve = sub.add_parser("serve", help="start the web app: paint a mask, type a prompt, get ranked edits",
+                           description="Serve a web page (Gradio) for editing: the model loads once and requests "
+                                       "queue on it. Open the printed URL in a browser.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    add_runtime_flags(serve)
+
+    add_eval_parser(sub)
+    return parser
+
+
+def add_eval_parser(sub) -> None:
+    """`bld eval`: the evaluation harness (bld.world.evaluation); sizes default to the full run."""
+    ev = sub.add_parser("eval", help="measure BLD and baselines on the synthetic world (the paper's Table 1 protocol)",
+                        description="Run BLD variants, background reconstructions and baselines on a fixed, seeded "
+                                    "suite of world edit tasks and a thin-mask suite; judge every result with the "
+                                    "world classifier; write report.md, report.json, results.jsonl, plots and "
+                                    "example grids to OUTPUT. The default run takes about 16 minutes on a 2-core "
+                                    "CPU with the bundled model; --quick about 2.")
+    ev.add_argument("-o", "--output", required=True, help="report folder (created if missing)")
+    ev.add_argument("--quick", action="store_true",
+                    help="smoke-test sizes: 6 tasks, 4 thin tasks, 20 steps, 3 example rows (explicit flags win)")
+    ev.add_argument("--tasks", type=int, metavar="N", help="main-suite tasks, kinds in turn (default 72)")
+    ev.add_argument("--thin-tasks", type=int, metavar="N", help="thin-suite tasks (default 48)")
+    ev.add_argument("--steps", type=int, metavar="N", help="diffusion steps of the full schedule (default 50)")
+    ev.add_argument("--num-results", type=int, metavar="N", help="results per task and method (default 4)")
+    ev.add_argument("--seed", type=int, metavar="N", help="suite and edit seed (default 0)")
+    ev.add_argument("--skip-fraction", type=float, metavar="X", help="skipped fraction for every method (default 0.25)")
+    ev.add_argument("--skip-fractions", metavar="X,X,...",
+                    help="fractions for the precision-against-skip plot (default 0,0.25,0.5,0.75; '' for none)")
+    ev.add_argument("--shrink", type=int, metavar="N", help="progressive shrinking's dilations on the thin suite "
+                                                            "(default 3)")
+    ev.add_argument("--guidance", type=float, metavar="X", help="guidance scale (default: the model's)")
+    ev.add_argument("--reconstruction-steps", type=int, metavar="N", help="latent/decoder steps (default 75)")
+    ev.add_argument("--reconstruct-top", type=int, metavar="N",
+                    help="reconstruction variants run on the N top-ranked results per task (default 1)")
+    ev.add_argument("--examples", type=int, metavar="N", help="tasks per suite in the example grids (default 6)")
+    ev.add_argument("--no-baselines", action="store_true", help="skip SDEdit, blend-once and diffusers inpaint")
+    ev.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runtime_flags(ev)
+
+
+EVAL_OVERRIDES = {"tasks": "tasks", "thin_tasks": "thin_tasks", "steps": "steps", "num_results": "num_images",
+                  "seed": "seed", "skip_fraction": "skip_fraction", "shrink": "shrink", "guidance": "guidance_scale",
+                  "reconstruction_steps": "reconstruction_steps", "reconstruct_top": "reconstruct_top",
+                  "examples": "examples"}
+
+
+def eval_command_line(args: argparse.Namespace) -> str:
+    """The `bld eval` command that the parsed `args` stand for (recorded in the report)."""
+    parts = ["bld", "eval", "-o", args.output] + (["--quick"] if args.quick else [])
+    for dest in (*EVAL_OVERRIDES, "skip_fractions", "threads", "model", "clip_model"):
+        value = getattr(args, dest)
+        if value is not None:
+            parts += ["--" + dest.replace("_", "-"), str(value)]
+    parts += [f for f, on in (("--no-baselines", args.no_baselines), ("--overwrite", args.overwrite)) if on]
+    return " ".join(parts)
+
+
+def run_eval_command(args: argparse.Namespace) -> dict:
+    from ..world.evaluation import EvalConfig, run_eval
+    from ..world.evaluation.runner import check_output_folder
+
+    overrides = {field: getattr(args, dest) for dest, field in EVAL_OVERRIDES.items() if getattr(args, dest) is not None}
+    if args.skip_fractions is not None:
+        try:
+            overrides["skip_fractions"] = tuple(float(x) for x in args.skip_fractions.split(",") if x.strip())
+        except ValueError:
+            raise InputError(f"--skip-fractions {args.skip_fractions!r}: give numbers separated by commas") from None
+    if args.no_baselines:
+        overrides["baselines"] = False
+    config = EvalConfig.quick(**overrides) if args.quick else EvalConfig(**overrides)
+    check_output_folder(args.output, args.overwrite)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    summary = run_eval(args.output, config, model=args.model, clip_model=args.clip_model, device=args.device,
+                       dtype=args.dtype, overwrite=args.overwrite, progress=not args.no_progress,
+                       command=eval_command_line(args))
+    folder = Path(args.output)
+    return {"outputs": [{"path": str(folder / "report.md")}, {"path": str(folder / "report.json")}],
+            "claims": [{k: c[k] for k in ("comparison", "difference", "ci", "verdict")} for c in summary["claims"]],
+            "seconds": summary["seconds"]["total"]}
+
+
+def output_paths(output: str, count: int, overwrite: bool) -> list[Path]:
+    """The result files for `count` results, checked before any work is done."""
+    path = Path(output)
+    if path.suffix.lower() != ".png":
+        raise InputError(f"output {output!r} must end in .png: results are PNGs carrying their parameters")
+    if not path.parent.is_dir():
+        raise InputError(f"output folder '{path.parent}' does not exist: create it or choose another -o")
+    paths = [path] if count == 1 else [path.with_name(f"{path.stem}-{k + 1}{path.suffix}") for k in range(count)]
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise InputError(f"'{existing[0]}' already exists: pass --overwrite or choose another -o")
+    return paths
+
+
+def check_edit_size(image, params: EditParams) -> None:
+    if params.width is None and params.height is None and image.width * image.height > MAX_EDIT_PIXELS:
+        raise InputError(f"the image is {image.width}x{image.height}; editing above {MAX_EDIT_PIXELS // 2**20} MP "
+                         f"at full size needs too much memory: pass --width (or --height) to edit at a smaller "
+                         f"size; the result is resized back")
+
+
+def load_for_args(args, params: EditParams):
+    """The pipeline, the model's name, the CLIP scorer for ranking (None when ranking is off or unavailable),
+    and the params with the model's default guidance filled in, so that results record it."""
+    from ..loading import default_model, load_pipeline, load_scorer
+
+    model = args.model or default_model()
+    pipe = load_pipeline(model, device=args.device, dtype=args.dtype, scheduler=params.scheduler)
+    pipe.set_progress_bar_config(file=sys.stderr, leave=False)
+    scorer = load_scorer(args.clip_model, model, pipe.device) if params.rank else None
+    if params.rank and scorer is None:
+        notice("results are not ranked: pass --clip-model (e.g. openai/clip-vit-base-patch16) to rank them")
+    if params.guidance_scale is None:
+        params = dataclasses.replace(params, guidance_scale=pipe.default_guidance_scale)
+    return pipe, model, scorer, params
+
+
+def summarize(results, paths) -> list[dict]:
+    from ..editing import json_safe
+
+    return [json_safe({"path": str(p), "seed": r.seed, "score": r.score, "metrics": r.metrics})
+            for r, p in zip(results, paths)]
+
+
+def notice(message: str) -> None:
+    print(f"bld: {message}", file=sys.stderr)
+
+
+def run_edit_command(args: argparse.Namespace) -> dict:
+    from ..editing import result_metadata, run_edit, with_seed
+    from ..image_io import check_same_aspect, load_image, load_mask, save_png_atomic
+    from ..loading import BUNDLED_MODEL_DIR, TINY_RANDOM
+    from ..model_defaults import model_edit_defaults
+
+    params = with_seed(params_from_args(args, model_edit_defaults(args.model)))
+    paths = output_paths(args.output, params.num_images, args.overwrite)
+    image = load_image(args.image, max_pixels=MAX_PIXELS)
+    mask = check_same_aspect(image, load_mask(args.mask, max_pixels=MAX_PIXELS),
+                             image_name=repr(args.image), mask_name=repr(args.mask))
+    check_edit_size(image, params)
+    start = time.perf_counter()
+    pipe, model, scorer, params = load_for_args(args, params)
+    if model == TINY_RANDOM:
+        notice("no model given and no bundled model installed: using tiny random components (results are noise)")
+    elif model == str(BUNDLED_MODEL_DIR) and image.size != (64, 64):
+        notice("the bundled model knows only its 64 px world of shapes: for photos pass --model with Stable "
+               "Diffusion weights (a Hub id or a diffusers folder)")
+    results = run_edit(pipe, image, mask, params, scorer=scorer)
+    for result, path in zip(results, paths):
+        save_png_atomic(result.image, path, metadata=result_metadata(params, result, model),
+                        overwrite=args.overwrite)
+    return {"outputs": summarize(results, paths), "ranked": scorer is not None, "params": params.to_dict(),
+            "model": model, "device": str(pipe.device), "seconds": round(time.perf_counter() - start, 3)}
+
+
+def run_demo_command(args: argparse.Namespace) -> dict:
+    from ..editing import result_metadata, run_edit
+    from ..grid import make_grid
+    from ..image_io import save_png_atomic
+    from ..loading import TINY_RANDOM
+    from ..model_defaults import model_edit_defaults
+    from ..world.demo import DEMO_PROMPT, demo_scene
+
+    folder = Path(args.output)
+    params = EditParams.from_dict({**model_edit_defaults(args.model), "prompt": DEMO_PROMPT,
+                                   "num_inference_steps": 20, "seed": args.seed})
+    names = ["input.png", "mask.png", "grid.png"] + [f"result-{k + 1}.png" for k in range(params.num_images)]
+    if not args.overwrite:
+        existing = [folder / n for n in names if (folder / n).exists()]
+        if existing:
+            raise InputError(f"'{existing[0]}' already exists: pass --overwrite or choose another -o")
+    start = time.perf_counter()
+    pipe, model, scorer, params = load_for_args(args, params)
+    scene, mask = demo_scene()
+    if model == TINY_RANDOM:
+        notice("the bundled model is not installed yet: this demo runs tiny random components, so the edited "
+               "region shows noise; pass --model with a Stable Diffusion folder for a real edit")
+    results = run_edit(pipe, scene, mask, params, scorer=scorer)
+    folder.mkdir(parents=True, exist_ok=True)
+    save = lambda image, name, **kw: save_png_atomic(image, folder / name, overwrite=args.overwrite, **kw)
+    save(scene, "input.png")
+    save(mask, "mask.png")
+    paths = [save(r.image, f"result-{rank + 1}.png", metadata=result_metadata(params, r, model))
+             for rank, r in enumerate(results)]
+    labels = ["input", f"mask: '{DEMO_PROMPT}'"] + [
+        f"#{rank + 1} seed {r.seed}" + (f" clip {r.score:.3f}" if r.score is not None else "")
+        for rank, r in enumerate(results)]
+    grid = make_grid([scene, mask] + [r.image for r in results], labels, tile=192, columns=3)
+    save(grid, "grid.png")
+    return {"outputs": summarize(results, paths), "grid": str(folder / "grid.png"), "prompt": DEMO_PROMPT,
+            "model": model, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def run_serve_command(args: argparse.Namespace) -> dict:
+    from ..loading import TINY_RANDOM, default_model
+    from ..params import check_range
+    from .webapp import serve
+
+    check_range("--port", args.port, 1, 65535)
+    model = args.model or default_model()
+    if model == TINY_RANDOM:
+        notice("serving tiny random components (results are noise)"
+               + ("" if args.model else ": no model given and no bundled model installed"))
+    serve(model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, clip_model=args.clip_model,
+          on_ready=lambda url: notice(f"serving on {url} (Ctrl-C to stop)"))
+    return {"outputs": [], "model": model}
+
+
+def run_reconstruct_command(args: argparse.Namespace) -> dict:
+    from ..editing import edit_region, json_safe
+    from ..image_io import check_same_aspect, load_image, load_mask, save_png_atomic
+    from ..ops.metrics import compute_metrics
+    from ..ops.reconstruction import reconstruct_images
+    from ..params import check_range
+
+    check_range("--feather", args.feather, 0, 64)
+    check_range("--steps", args.steps, 1, 2000)
+    check_range("--background-weight", args.background_weight, 0, 10000)
+    paths = output_paths(args.output, len(args.results), args.overwrite)
+    original = load_image(args.original)
+    mask = check_same_aspect(original, load_mask(args.mask), image_name=repr(args.original),
+                             mask_name=repr(args.mask))
+    results = [load_image(r) for r in args.results]
+    for name, result in zip(args.results, results):
+        if result.size != original.size:
+            raise InputError(f"result {name!r} is {result.width}x{result.height} but the original is "
+                             f"{original.width}x{original.height}: they must have the same size")
+    region = edit_region(mask, args.invert_mask)
+    if not region.any() or region.all():
+        raise InputError("the mask is empty or covers the whole image: there is no background to reconstruct")
+    start = time.perf_counter()
+    vae = None
+    if args.method in ("latent", "decoder"):
+        from ..loading import default_model, load_pipeline
+
+        vae = load_pipeline(args.model or default_model(), device=args.device, dtype="float32").vae
+    region_image = PIL.Image.fromarray(region.astype(np.uint8) * 255)
+    restored = reconstruct_images(args.method, original, results, region_image, vae=vae, feather=args.feather,
+                                  steps=args.steps, background_weight=args.background_weight, crop=args.crop,
+                                  progress=True)
+    outputs = []
+    for source, image, path in zip(args.results, restored, paths):
+        metadata = png_metadata_or_empty(source)
+        metadata["bld_reconstruction"] = json.dumps({"method": args.method, "feather": args.feather,
+                                                     "steps": args.steps, "background_weight": args.background_weight,
+                                                     "crop": args.crop})
+        save_png_atomic(image, path, metadata=metadata, overwrite=args.overwrite)
+        outputs.append(json_safe({"path": str(path), "metrics": compute_metrics(original, image, region)}))
+    return {"outputs": outputs, "method": args.method, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def png_metadata_or_empty(path: str) -> dict[str, str]:
+    """A result's own text chunks (its bld parameters) when it is a PNG, else nothing."""
+    from ..image_io import read_png_metadata
+
+    try:
+        return read_png_metadata(path)
+    except InputError:
+        return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    for library in ("TRANSFORMERS", "DIFFUSERS", "HF_HUB"):
+        os.environ.setdefault(f"{library}_VERBOSITY", "error")
+    if not os.environ.get("BLD_DEBUG"):
+        warnings.filterwarnings("ignore")  # library chatter; errors still get their one line
+    args = build_parser().parse_args(argv)
+    command = {"edit": run_edit_command, "demo": run_demo_command, "reconstruct": run_reconstruct_command,
+               "serve": run_serve_command, "eval": run_eval_command}[args.command]
+    try:
+        summary = command(args)
+    except (InputError, ValueError) as exc:
+        if os.environ.get("BLD_DEBUG"):
+            raise
+        print(f"bld: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bld: interrupted; nothing was written for unfinished results", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for output in summary["outputs"]:
+            print(output["path"])
+        if "grid" in summary:
+            print(summary["grid"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,554 @@
+"""`bld serve`: a web page to paint a mask, type a prompt and get ranked edits.
+
+The handlers here are plain functions over PIL images, numpy arrays and parameter values, so the tests
+call them without a browser: `load_source` (an uploaded image file), `mask_layer` (an uploaded mask
+file, shown as a paint layer), `mask_from_editor` (the painted layers), `params_from_values` (the page's
+controls) and `WebEditor.edit` (one edit request: checks, the shared model under a lock, progress,
+cancellation, result PNGs carrying their parameters). `build_app` wires them into a Gradio page whose
+parameter controls are generated from `EditParams`' field metadata, as the CLI's flags are; `serve` loads
+the model once and serves the page. Gradio is imported only by those two.
+"""
+
+import contextlib
+import dataclasses
+import importlib.util
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+
+from ..editing import edit_region, result_metadata, run_edit, with_seed
+from ..image_io import (
+    MAX_EDIT_PIXELS,
+    MAX_PIXELS,
+    InputError,
+    check_same_aspect,
+    load_image,
+    load_mask,
+    save_png_atomic,
+)
+from ..model_defaults import model_edit_defaults
+from ..params import EditParams, field_flag, field_value_type
+
+MAX_UPLOAD_MB = 50
+"""Largest accepted upload (image or mask file), in MiB; Gradio refuses larger ones before they arrive."""
+
+PRIMARY_FIELDS = ("num_inference_steps", "guidance_scale", "skip_fraction", "num_images", "seed", "invert_mask",
+                  "mask_dilation_iterations", "reconstruction")
+"""EditParams fields shown up front; every other one (but the prompts) goes under "More parameters"."""
+
+TEXT_FIELDS = ("prompt", "negative_prompt")
+PAINT_ALPHA_MIN = 32
+"""A painted layer pixel with at least this alpha (of 255) belongs to the mask: strokes are semi-transparent,
+and the faint fringe an eraser leaves at its edge does not count."""
+MASK_COLOR = (255, 0, 255)
+MASK_ALPHA = 160
+KEEP_REQUESTS = 32
+"""Result folders of this many recent requests are kept on disk; older ones are deleted."""
+
+ProgressFn = Callable[..., Any]
+
+
+CANCELLED_MESSAGE = "**Cancelled:** nothing was produced."
+"""Shown by Stop and by the cancelled edit itself (both write the status; whichever lands last, it reads the same)."""
+
+
+class EditCancelled(Exception):
+    """Raised inside the sampling loop when the request's Stop button was pressed."""
+
+
+@dataclasses.dataclass
+class EditOutcome:
+    """What one edit request shows on the page."""
+
+    message: str
+    ok: bool = False
+    gallery: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (PNG path, caption), best first
+    table: list[list[Any]] = dataclasses.field(default_factory=list)
+    files: list[str] = dataclasses.field(default_factory=list)
+    params: EditParams | None = None
+
+
+TABLE_HEADERS = ["rank", "seed", "text match", "background PSNR", "background SSIM", "edge ΔE", "file"]
+
+
+def _oneline(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def error_message(exc: BaseException | str) -> str:
+    """A refusal as the page shows it."""
+    return f"**Error:** {_oneline(exc) if isinstance(exc, BaseException) else exc}"
+
+
+def _shown_name(path: str | os.PathLike) -> str:
+    return Path(path).name
+
+
+def _rename_in_message(exc: InputError, path: str | os.PathLike) -> InputError:
+    """The library names files by their full path; the page shows only the name the user uploaded."""
+    return InputError(str(exc).replace(repr(os.fspath(path)), repr(_shown_name(path))))
+
+
+def check_upload(path: str | os.PathLike, what: str, max_mb: float = MAX_UPLOAD_MB) -> None:
+    size = Path(path).stat().st_size
+    if size > max_mb * 2**20:
+        raise InputError(f"the {what} {_shown_name(path)!r} is {size / 2**20:.1f} MB; the upload limit is "
+                         f"{max_mb:g} MB: downscale or compress it")
+
+
+def load_source(path: str | os.PathLike, *, max_mb: float = MAX_UPLOAD_MB,
+                max_pixels: int = MAX_PIXELS) -> PIL.Image.Image:
+    """An uploaded image file as RGB, through the library's checks (size, pixel count, format, EXIF, alpha)."""
+    check_upload(path, "image", max_mb)
+    try:
+        return load_image(path, max_pixels=max_pixels)
+    except InputError as exc:
+        raise _rename_in_message(exc, path) from None
+
+
+def editor_value(image: PIL.Image.Image, layer: np.ndarray | None = None) -> dict:
+    """The image editor's value: the image as background and at most one paint layer."""
+    return {"background": image, "layers": [] if layer is None else [layer], "composite": None}
+
+
+def mask_layer(image: PIL.Image.Image, path: str | os.PathLike, *, max_mb: float = MAX_UPLOAD_MB) -> np.ndarray:
+    """An uploaded mask file as a paint layer (RGBA, painted where the mask is white) of the image's size,
+    so it shows on the image and the brush and eraser can change it."""
+    check_upload(path, "mask", max_mb)
+    try:
+        mask = check_same_aspect(image, load_mask(path), image_name="uploaded image", mask_name=_shown_name(path))
+    except InputError as exc:
+        raise _rename_in_message(exc, path) from None
+    inside = np.asarray(mask) >= 128
+    layer = np.zeros((image.height, image.width, 4), np.uint8)
+    layer[inside] = (*MASK_COLOR, MASK_ALPHA)
+    return layer
+
+
+def mask_from_editor(value: Any, image: PIL.Image.Image) -> PIL.Image.Image:
+    """The mask (mode L, white = edit, the image's size) from what the page sends.
+
+    `value` is the image editor's value (a dict whose "layers" are RGBA arrays or images: every pixel
+    painted on any layer is in the mask), or directly a mask: a PIL image or a (H, W) array (nonzero or
+    >= 128 for uint8 = edit). None or no layers is an empty mask.
+    """
+    if isinstance(value, dict):
+        layers = [np.asarray(layer) for layer in (value.get("layers") or []) if layer is not None]
+        region = np.zeros((image.height, image.width), bool)
+        for layer in layers:
+            alpha = layer[..., 3] if layer.ndim == 3 and layer.shape[2] == 4 else np.full(layer.shape[:2], 255)
+            painted = PIL.Image.fromarray(((alpha >= PAINT_ALPHA_MIN) * 255).astype(np.uint8))
+            painted = check_same_aspect(image, painted, image_name="uploaded image", mask_name="painted mask")
+            region |= np.asarray(painted) >= 128
+        return PIL.Image.fromarray(region.astype(np.uint8) * 255)
+    if value is None:
+        return PIL.Image.new("L", image.size, 0)
+    if isinstance(value, PIL.Image.Image):
+        mask = value.convert("L")
+    else:
+        array = np.asarray(value)
+        array = array >= 128 if array.dtype == np.uint8 else array.astype(bool)
+        mask = PIL.Image.fromarray(array.astype(np.uint8) * 255)
+    return check_same_aspect(image, mask, image_name="uploaded image", mask_name="mask")
+
+
+def control_label(field: dataclasses.Field) -> str:
+    """The CLI flag's words: --skip-fraction -> 'skip fraction'."""
+    return field_flag(field).lstrip("-").replace("-", " ")
+
+
+def params_from_values(prompt: str | None, negative_prompt: str | None, values: dict[str, Any]) -> EditParams:
+    """EditParams from the page's controls (field name -> value; missing fields keep their defaults).
+
+    Sliders send floats: whole numbers become ints for integer fields. Optional numbers come from text
+    boxes: empty is None (the field's default), anything else must parse as the field's type. EditParams
+    validates, and its message reaches the page.
+    """
+    clean: dict[str, Any] = {}
+    for field in dataclasses.fields(EditParams):
+        if field.name in TEXT_FIELDS or field.name not in values:
+            continue
+        value, kind = values[field.name], field_value_type(field)
+        if isinstance(value, str) and kind is not str:
+            value = _parse_number(field, value.strip(), kind)
+        if isinstance(value, float) and kind is int and value.is_integer():
+            value = int(value)
+        clean[field.name] = value
+    negative = (negative_prompt or "").strip() or None
+    return EditParams(prompt=(prompt or "").strip(), negative_prompt=negative, **clean)
+
+
+def _parse_number(field: dataclasses.Field, text: str, kind: type) -> int | float | None:
+    if not text:
+        return None
+    try:
+        return int(text) if kind is int else float(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{control_label(field)} must be {what} (or empty for the default), got {text!r}") from None
+
+
+def check_web_edit_size(image: PIL.Image.Image, params: EditParams) -> None:
+    """The CLI's full-size editing limit (image_io.MAX_EDIT_PIXELS), worded for the page."""
+    if params.width is None and params.height is None and image.width * image.height > MAX_EDIT_PIXELS:
+        raise InputError(f"the image is {image.width}x{image.height}; editing above {MAX_EDIT_PIXELS // 2**20} MP "
+                         f"at full size needs too much memory: set a width (or height) under More parameters "
+                         f"to edit at a smaller size; the results are resized back")
+
+
+def _fmt(value: Any, digits: int) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "inf" if value == float("inf") else round(value, digits)
+    return value
+
+
+class WebEditor:
+    """One loaded model shared by every request of the page: edits run one at a time (a lock, besides the
+    page's queue), each can be cancelled, and results are written as PNGs (with their parameters) into a
+    folder that this editor owns."""
+
+    def __init__(self, pipe, scorer=None, model: str = "", results_dir: str | os.PathLike | None = None,
+                 keep_requests: int = KEEP_REQUESTS):
+        from ..pipelines.schedulers import make_scheduler
+
+        self.pipe, self.scorer, self.model = pipe, scorer, model
+        self._make_scheduler = make_scheduler
+        self.base_scheduler = pipe.scheduler
+        self.results_dir = Path(results_dir) if results_dir else Path(tempfile.mkdtemp(prefix="bld-web-results-"))
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.keep_requests = keep_requests
+        self.lock = threading.Lock()
+        self._cancel_events: dict[str, threading.Event] = {}
+        self._cancel_guard = threading.Lock()
+
+    # -- cancellation -------------------------------------------------------------------------------------
+    def _new_cancel_event(self, session: str) -> threading.Event:
+        with self._cancel_guard:
+            event = self._cancel_events[session] = threading.Event()
+            return event
+
+    def cancel(self, session: str) -> bool:
+        """Ask the session's running edit to stop after its current step; True when one was running."""
+        with self._cancel_guard:
+            event = self._cancel_events.get(session)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def _finish_session(self, session: str, event: threading.Event) -> None:
+        with self._cancel_guard:
+            if self._cancel_events.get(session) is event:
+                del self._cancel_events[session]
+
+    # -- the edit -----------------------------------------------------------------------------------------
+    def edit(self, image: PIL.Image.Image | None, mask: Any, prompt: str | None, negative_prompt: str | None = None,
+             values: dict[str, Any] | None = None, *, progress: ProgressFn | None = None,
+             session: str = "") -> EditOutcome:
+        """Run one request: the checks (each failure is a message for the page), then the edit on the shared
+        model, results best first with their scores and metrics, each saved as a PNG with its parameters."""
+        if progress is None:  # not `progress or ...`: an idle gr.Progress has length 0, so it is falsy
+            progress = lambda *args, **kwargs: None  # noqa: E731
+        try:
+            if image is None:
+                raise InputError("upload an image first")
+            params = params_from_values(prompt, negative_prompt, values or {})
+            if not params.prompt:
+                raise InputError("type a prompt: what the painted region should show")
+            mask_image = mask_from_editor(mask, image)
+            region = edit_region(mask_image, params.invert_mask)
+            if not region.any():
+                raise InputError("the mask is empty: paint over the region to change (or upload a mask)"
+                                 + (" — with 'invert mask' the painted region is kept, so leave some unpainted"
+                                    if params.invert_mask else ""))
+            if region.all():
+                raise InputError("the mask covers the whole image: nothing would be kept; paint only the region "
+                                 "to change" + (" (with 'invert mask', paint the region to keep)"
+                                               if params.invert_mask else ""))
+            check_web_edit_size(image, params)
+            params = with_seed(params)
+            if params.guidance_scale is None:
+                params = dataclasses.replace(params, guidance_scale=self.pipe.default_guidance_scale)
+        except (InputError, ValueError) as exc:
+            return EditOutcome(message=error_message(exc))
+
+        cancel = self._new_cancel_event(session)
+        try:
+            return self._run(image, mask_image, params, progress, cancel)
+        except EditCancelled:
+            return EditOutcome(message=CANCELLED_MESSAGE, params=params)
+        except (InputError, ValueError) as exc:
+            return EditOutcome(message=error_message(exc), params=params)
+        finally:
+            self._finish_session(session, cancel)
+
+    def _run(self, image, mask_image, params: EditParams, progress: ProgressFn,
+             cancel: threading.Event) -> EditOutcome:
+        from ..ops.blending import num_skipped_steps
+
+        progress(0.0, desc="waiting for the model")
+        start = time.perf_counter()
+        with self.lock:
+            if cancel.is_set():
+                raise EditCancelled
+            self.pipe.scheduler = self._make_scheduler(params.scheduler, self.base_scheduler)
+            kept = params.num_inference_steps - num_skipped_steps(params.num_inference_steps, params.skip_fraction)
+            total = max(1, kept * getattr(self.pipe.scheduler, "order", 1))
+
+            def on_step(pipe, i, t, state):
+                if cancel.is_set():
+                    raise EditCancelled
+                done = min(i + 1, total)
+                progress((done, total), desc=f"denoising, step {done} of {total}")
+                return state
+
+            progress((0, total), desc="encoding")
+            try:
+                results = run_edit(self.pipe, image, mask_image, params, scorer=self.scorer,
+                                   callback_on_step_end=on_step)
+            finally:
+                self.pipe.scheduler = self.base_scheduler  # the shared pipeline is left as it was found
+        progress(1.0, desc="saving")
+        folder = self._request_folder()
+        outcome = EditOutcome(message="", ok=True, params=params)
+        for rank, result in enumerate(results, start=1):
+            path = folder / f"bld-{rank}-seed{result.seed}.png"
+            save_png_atomic(result.image, path, metadata=result_metadata(params, result, self.model))
+            m = result.metrics
+            caption = f"#{rank} · seed {result.seed}"
+            if result.score is not None:
+                caption += f" · text match {result.score:.3f}"
+            caption += f" · PSNR {_fmt(m.get('background_psnr'), 1)} · ΔE {_fmt(m.get('edge_delta_e'), 2)}"
+            outcome.gallery.append((str(path), caption))
+            outcome.files.append(str(path))
+            outcome.table.append([rank, result.seed, _fmt(result.score, 4), _fmt(m.get("background_psnr"), 2),
+                                  _fmt(m.get("background_ssim"), 4), _fmt(m.get("edge_delta_e"), 3), path.name])
+        seconds = time.perf_counter() - start
+        ranked = ("best first by text match inside the mask" if self.scorer is not None and params.rank
+                  else "in generation order (not ranked: no CLIP model)" if params.rank
+                  else "in generation order (ranking off)")
+        outcome.message = (f"**Done:** {len(results)} result{'s' * (len(results) != 1)} in {seconds:.1f} s, {ranked}. "
+                           f"Seed {params.seed}: result k used seed + k. Each PNG carries its parameters.")
+        return outcome
+
+    def _request_folder(self) -> Path:
+        folder = self.results_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir()
+        old = sorted((p for p in self.results_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        for stale in old[:-self.keep_requests]:
+            shutil.rmtree(stale, ignore_errors=True)
+        return folder
+
+
+# -- the page ---------------------------------------------------------------------------------------------
+
+def param_control(field: dataclasses.Field, default: Any = None):
+    """The Gradio control for one EditParams field, from its metadata: a checkbox for a bool, a dropdown for
+    choices, a slider for a ranged number, a text box for an optional number without a default (empty = the
+    default: a random seed, the input's size). `default` overrides the field's (the model's guidance)."""
+    import gradio as gr
+
+    meta, label = field.metadata, control_label(field)
+    value = field.default if default is None else default
+    info, kind, elem_id = meta["help"], field_value_type(field), f"param-{field.name}"
+    if isinstance(field.default, bool):
+        return gr.Checkbox(value=value, label=label, info=info, elem_id=elem_id)
+    if meta["choices"]:
+        return gr.Dropdown(choices=list(meta["choices"]), value=value, label=label, info=info, elem_id=elem_id)
+    if meta["low"] is not None:
+        info += f" Range [{meta['low']:g}, {meta['high']:g}]."
+    if value is None:
+        return gr.Textbox(value="", label=label, info=info, placeholder="empty: the default", elem_id=elem_id)
+    step = 1 if kind is int else 0.01 if meta["high"] <= 1 else 0.1
+    return gr.Slider(minimum=meta["low"], maximum=meta["high"], step=step, value=value, label=label, info=info,
+                     elem_id=elem_id)
+
+
+INTRO = """# bld — Blended Latent Diffusion
+1. Upload an image. 2. Paint over the region to change (brush and eraser, with a size control), or upload a
+mask (white = change). 3. Type what the region should show and press **Edit**. Results come best first;
+each PNG carries its parameters in its metadata.
+"""
+
+
+def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathLike | None = None,
+              max_upload_mb: float = MAX_UPLOAD_MB, editor: WebEditor | None = None):
+    """The Gradio page over one loaded pipeline (and CLIP scorer, or None for unranked results).
+
+    The edit event has concurrency_limit=1 (requests queue on the one model) and the Stop button cancels it.
+    Returns the gr.Blocks; its `.bld_editor` is the WebEditor that runs the requests.
+    """
+    import gradio as gr
+
+    from ..loading import TINY_RANDOM
+
+    editor = editor or WebEditor(pipe, scorer, model, results_dir)
+    fields = {f.name: f for f in dataclasses.fields(EditParams)}
+    controls: dict[str, Any] = {}
+    model_defaults = {"guidance_scale": getattr(pipe, "default_guidance_scale", None),
+                      **(model_edit_defaults(model) if model else {})}
+
+    with gr.Blocks(title="bld — Blended Latent Diffusion", analytics_enabled=False,
+                   delete_cache=(3600, 6 * 3600)) as app:
+        gr.Markdown(INTRO)
+        note = f"Model: `{model or 'given in code'}`."
+        if model == TINY_RANDOM:
+            note += (" These are tiny random components (no bundled model is installed), so the edited region shows "
+                     "noise: start with `bld serve --model FOLDER` for real edits.")
+        if scorer is None:
+            note += " No CLIP model: results are not ranked."
+        gr.Markdown(note, elem_id="model-note")
+        source = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=3):
+                with gr.Row():
+                    image_file = gr.File(label=f"Image (PNG, JPEG, WebP, TIFF, ...; up to {max_upload_mb:g} MB)",
+                                         type="filepath", elem_id="image-file")
+                    mask_file = gr.File(label="Mask, optional (white = change)", type="filepath", elem_id="mask-file")
+                paint = gr.ImageEditor(
+                    label="Paint the region to change", type="numpy", image_mode="RGBA", sources=(), format="png",
+                    transforms=(), layers=False, interactive=True, elem_id="editor",
+                    brush=gr.Brush(colors=[("#ff00ff", 0.6), ("#ffffff", 0.6), ("#00c0ff", 0.6)],
+                                   default_color=("#ff00ff", 0.6), color_mode="fixed"),
+                    eraser=gr.Eraser(), buttons=["fullscreen"])
+            with gr.Column(scale=2):
+                prompt = gr.Textbox(label="Prompt", placeholder="what the painted region should show",
+                                    elem_id="prompt", lines=2)
+                negative = gr.Textbox(label="Negative prompt", placeholder="optional: what it should not show",
+                                      elem_id="negative-prompt")
+                for name in PRIMARY_FIELDS:
+                    controls[name] = param_control(fields[name], model_defaults.get(name))
+                with gr.Accordion("More parameters", open=False):
+                    for name, field in fields.items():
+                        if name not in PRIMARY_FIELDS and name not in TEXT_FIELDS:
+                            controls[name] = param_control(field, model_defaults.get(name))
+                with gr.Row():
+                    run = gr.Button("Edit", variant="primary", elem_id="run")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                status = gr.Markdown("Upload an image to start.", elem_id="status")
+        gallery = gr.Gallery(label="Results, best first", columns=4, height="auto", object_fit="contain",
+                             buttons=["download", "fullscreen"], elem_id="gallery")
+        table = gr.Dataframe(headers=TABLE_HEADERS, label="Scores and metrics", interactive=False,
+                             elem_id="results-table")
+        downloads = gr.File(label="Download (PNG with its parameters in the metadata)", file_count="multiple",
+                            interactive=False, elem_id="downloads")
+
+        def on_image(path):
+            if not path:
+                return None, None, "Upload an image to start."
+            try:
+                image = load_source(path, max_mb=max_upload_mb)
+            except InputError as exc:
+                return None, None, error_message(exc)
+            return (image, editor_value(image),
+                    f"Loaded {_shown_name(path)!r}, {image.width}x{image.height}. Paint the region to change.")
+
+        def on_mask(image, path):
+            if not path:
+                return gr.skip(), gr.skip()
+            if image is None:
+                return gr.skip(), error_message("upload the image before its mask")
+            try:
+                layer = mask_layer(image, path, max_mb=max_upload_mb)
+            except InputError as exc:
+                return gr.skip(), error_message(exc)
+            return (editor_value(image, layer),
+                    f"Mask {_shown_name(path)!r} loaded as paint: change it with the brush and the eraser.")
+
+        def on_edit(data: dict, request: gr.Request, progress=gr.Progress()):
+            values = {name: data[c] for name, c in controls.items()}
+            outcome = editor.edit(data[source], data[paint], data[prompt], data[negative], values,
+                                  progress=progress, session=request.session_hash or "")
+            if not outcome.ok:
+                return gr.skip(), gr.skip(), gr.skip(), outcome.message
+            return outcome.gallery, outcome.table, outcome.files, outcome.message
+
+        def on_stop(request: gr.Request):
+            running = editor.cancel(request.session_hash or "")
+            return CANCELLED_MESSAGE if running else "Nothing was running."
+
+        image_file.upload(on_image, image_file, [source, paint, status], api_name="load_image")
+        image_file.clear(on_image, image_file, [source, paint, status], api_visibility="private")
+        mask_file.upload(on_mask, [source, mask_file], [paint, status], api_name="load_mask")
+        inputs = {source, paint, prompt, negative, *controls.values()}
+        edit_event = run.click(on_edit, inputs, [gallery, table, downloads, status], api_name="edit",
+                               concurrency_limit=1, concurrency_id="model")
+        submit_event = prompt.submit(on_edit, inputs, [gallery, table, downloads, status], api_visibility="private",
+                                     concurrency_limit=1, concurrency_id="model")
+        stop.click(on_stop, None, status, cancels=[edit_event, submit_event], queue=False, api_visibility="private")
+    app.bld_editor = editor
+    app.bld_max_upload_mb = max_upload_mb
+    return app
+
+
+def launch_kwargs(host: str, port: int | None, max_upload_mb: float = MAX_UPLOAD_MB) -> dict[str, Any]:
+    """How the page is served: this host only, no share link, no widened file access, local fonts."""
+    return dict(server_name=host, server_port=port, share=False, ssr_mode=False, allowed_paths=[],
+                max_file_size=int(max_upload_mb * 2**20), show_error=True, inbrowser=False, quiet=True,
+                pwa=False, mcp_server=False)
+
+
+def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int | None = 7860, device: str = "auto",
+          dtype: str = "auto", clip_model: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
+          block: bool = True, on_ready: Callable[[str], None] | None = None):
+    """Load the model once (default: the bundled one) and serve the page until Ctrl-C or SIGTERM. Uploads,
+    results and Gradio's cache live in one temporary folder owned by this process (GRADIO_TEMP_DIR), deleted
+    on exit; nothing else on disk is served. block=False returns the launched gr.Blocks at once; closing it
+    and removing its folder (`app.bld_root`) are then the caller's."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    root = Path(tempfile.mkdtemp(prefix="bld-serve-"))
+    os.environ["GRADIO_TEMP_DIR"] = str(root)
+    if importlib.util.find_spec("gradio") is None:
+        raise InputError("the web app needs gradio: pip install 'gradio>=6,<7'")
+    from ..loading import default_model, load_pipeline, load_scorer
+
+    model = model or default_model()
+    pipe = load_pipeline(model, device=device, dtype=dtype, scheduler="model")
+    pipe.set_progress_bar_config(disable=True)
+    scorer = load_scorer(clip_model, model, pipe.device)
+    app = build_app(pipe, scorer, model=model, results_dir=root / "results", max_upload_mb=max_upload_mb)
+    app.bld_root = root
+    app.queue(default_concurrency_limit=1, max_size=32)
+    try:
+        app.launch(**launch_kwargs(host, port, max_upload_mb), prevent_thread_lock=True)
+        if on_ready is not None:
+            on_ready(app.local_url)
+        if not block:
+            return app
+        with _sigterm_as_interrupt():
+            app.block_thread()
+    finally:
+        if block:
+            app.close()
+            shutil.rmtree(root, ignore_errors=True)
+    return app
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM stops the server as Ctrl-C does, so the temporary folder is removed (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

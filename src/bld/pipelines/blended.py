@@ -1,0 +1,308 @@
+"""What the SD and SDXL blended pipelines share: input preparation, the source latent and the blended loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..ops.blending import binarize_mask, blend, latent_mask, num_skipped_steps, phase_of_step, shrinking_masks
+from ..ops.reconstruction import reconstruct_background
+from ..params import EditParams
+from ..ranking import rank
+
+NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""predict_noise(latents, t) -> the guided model output for `latents` at timestep `t`."""
+
+
+@dataclass
+class BlendedLatentDiffusionPipelineOutput(BaseOutput):
+    """images: PIL images, a float array (B, H, W, 3) in [0, 1], a tensor (B, 3, H, W) in [0, 1], or latents.
+
+    With a scorer the images are sorted best first; `order` maps them back to the generated batch (and
+    so to their generators)."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    nsfw_content_detected: list[bool] | None = None
+    scores: list[float] | None = None  # CLIP text match inside the mask, best first, when ranked
+    order: list[int] | None = None  # order[k]: index in the generated batch of images[k]
+
+
+@dataclass
+class PreparedInputs:
+    """The source image and mask at the size the model works at."""
+
+    image: torch.Tensor  # (1, 3, H, W) in [-1, 1]
+    mask: torch.Tensor  # (1, 1, H, W) in {0, 1}, 1 = edit
+    height: int
+    width: int
+    original_size: tuple[int, int]  # (height, width) of the input
+    source: torch.Tensor  # (1, 3, h0, w0) in [-1, 1]: the input at its own size
+    source_mask: torch.Tensor  # (1, 1, h0, w0) in {0, 1}: the edited region at the input's size
+
+
+@dataclass
+class Finishing:
+    """What happens after the loop: background reconstruction (PAPER.md section 2) and ranking (section 4)."""
+
+    reconstruction: str = "none"
+    feather: int = 0
+    reconstruction_steps: int = 75
+    reconstruction_crop: bool = False
+    scorer: Any = None  # a bld.ranking.ClipScorer, or None for no ranking
+    reconstruction_background_weight: float = 100.0
+
+
+def image_size(image: Any) -> tuple[int, int]:
+    """(height, width) of a PIL image, an (H, W[, C]) array or a ([B, ]C, H, W) tensor."""
+    if isinstance(image, PIL.Image.Image):
+        return image.height, image.width
+    if isinstance(image, np.ndarray):
+        if image.ndim not in (2, 3, 4):
+            raise ValueError(f"an image array must have 2 to 4 dimensions, got shape {image.shape}")
+        return (image.shape[0], image.shape[1]) if image.ndim < 4 else (image.shape[1], image.shape[2])
+    if isinstance(image, torch.Tensor):
+        if image.ndim not in (2, 3, 4):
+            raise ValueError(f"an image tensor must have 2 to 4 dimensions, got shape {tuple(image.shape)}")
+        return image.shape[-2], image.shape[-1]
+    raise ValueError(f"image and mask must be PIL images, NumPy arrays or torch tensors, got {type(image).__name__}")
+
+
+def to_unit_range(image: Any) -> Any:
+    """Integer arrays and tensors (uint8, uint16) -> float32 in [0, 1]; anything else unchanged."""
+    if isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.integer):
+        return image.astype(np.float32) / np.iinfo(image.dtype).max
+    if isinstance(image, np.ndarray) and image.dtype == bool:
+        return image.astype(np.float32)
+    if isinstance(image, torch.Tensor) and not torch.is_floating_point(image):
+        scale = 1.0 if image.dtype == torch.bool else float(torch.iinfo(image.dtype).max)
+        return image.float() / scale
+    return image
+
+
+def snap(size: int, multiple: int) -> int:
+    """Round `size` to the nearest positive multiple of `multiple`."""
+    return max(multiple, int(round(size / multiple)) * multiple)
+
+
+class BlendedLatentMixin:
+    """Blended Latent Diffusion steps shared by the SD and SDXL pipelines (PAPER.md section 1)."""
+
+    default_guidance_scale: float = 7.5
+    min_side: int = 4  # in latent cells
+
+    @property
+    def mask_processor(self) -> VaeImageProcessor:
+        return VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False,
+                                 do_binarize=True, do_convert_grayscale=True)
+
+    @staticmethod
+    def at_own_size(image, *, mask: bool = False) -> torch.Tensor:
+        """An image in [-1, 1], or a mask in {0, 1}, as a tensor at its own size (no snapping)."""
+        processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=not mask, do_binarize=mask,
+                                      do_convert_grayscale=mask)
+        return processor.preprocess(image).to(torch.float32)
+
+    def resolve_settings(self, prompt, **settings) -> tuple[EditParams, float, int]:
+        """Validate the call's settings against EditParams; return them with the guidance scale and batch size."""
+        params = EditParams(prompt=prompt if isinstance(prompt, str) else "", **settings)
+        guidance = self.default_guidance_scale if params.guidance_scale is None else params.guidance_scale
+        batch_size = (1 if isinstance(prompt, str) else len(prompt or [])) * params.num_images
+        return params, guidance, batch_size
+
+    def check_edit_inputs(self, prompt, image, mask_image, params: EditParams, generator, batch_size,
+                          output_type: str, scorer) -> None:
+        """Validate once, at the top; every error names the bad value and what would be valid."""
+        if not isinstance(prompt, (str, list)) or isinstance(prompt, list) and (
+                not prompt or not all(isinstance(p, str) for p in prompt)):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
+        if image is None or mask_image is None:
+            raise ValueError("both image and mask_image are required")
+        for name in ("height", "width"):
+            value = getattr(params, name)
+            if value is not None and value % self.vae_scale_factor:
+                raise ValueError(f"{name}={value} must be a multiple of {self.vae_scale_factor} for this model")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"got {len(generator)} generators for {batch_size} results: pass one generator "
+                             f"or one per result")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type={output_type!r} is not one of pil, np, pt, latent")
+        if scorer is not None and output_type == "latent":
+            raise ValueError("ranking needs decoded images: use an output_type other than 'latent' or no scorer")
+        if scorer is not None and isinstance(prompt, list) and len(prompt) > 1:
+            raise ValueError("ranking compares results of one prompt: pass a single prompt or no scorer")
+
+    def prepare_image_and_mask(self, image, mask_image, height: int | None, width: int | None,
+                               invert_mask: bool) -> PreparedInputs:
+        """Resize to a size the model accepts, normalize the image to [-1, 1], threshold the mask at 0.5."""
+        image, mask_image = to_unit_range(image), to_unit_range(mask_image)
+        h0, w0 = image_size(image)
+        hm, wm = image_size(mask_image)
+        if (hm, wm) != (h0, w0) and abs(hm / wm - h0 / w0) > 0.01 * (h0 / w0):
+            raise ValueError(f"mask is {wm}x{hm} but image is {w0}x{h0}: they must have the same aspect ratio")
+        factor = self.vae_scale_factor
+        if height is None and width is not None:
+            height = snap(round(h0 * width / w0), factor)
+        if width is None and height is not None:
+            width = snap(round(w0 * height / h0), factor)
+        height = height or snap(h0, factor)
+        width = width or snap(w0, factor)
+        if min(height, width) < self.min_side * factor:
+            raise ValueError(f"image is {w0}x{h0}: each side must be at least {self.min_side * factor} pixels "
+                             f"for this model")
+        pixels = self.image_processor.preprocess(image, height=height, width=width).to(torch.float32)
+        if pixels.shape[0] != 1 or pixels.shape[1] != 3:
+            raise ValueError(f"expected one RGB image, got a batch of shape {tuple(pixels.shape)}")
+        mask = binarize_mask(self.mask_processor.preprocess(mask_image, height=height, width=width))
+        if mask.shape[0] != 1:
+            raise ValueError(f"expected one mask, got a batch of shape {tuple(mask.shape)}")
+        source = self.at_own_size(image)
+        source_mask = binarize_mask(self.at_own_size(mask_image, mask=True))
+        if source_mask.shape[-2:] != source.shape[-2:]:
+            source_mask = F.interpolate(source_mask, size=source.shape[-2:], mode="nearest")
+        if invert_mask:
+            mask, source_mask = 1 - mask, 1 - source_mask
+        if not mask.any():
+            raise ValueError("mask is empty: nothing to edit; paint the region to change in white"
+                             + (" (the mask was inverted)" if invert_mask else ""))
+        if mask.all():
+            raise ValueError("mask covers the whole image: nothing would be kept; paint only the region to change"
+                             + (" (the mask was inverted)" if invert_mask else ""))
+        return PreparedInputs(pixels, mask, height, width, (h0, w0), source, source_mask)
+
+    @contextmanager
+    def vae_precision(self):
+        """Run the VAE in float32 when it is float16 and its config asks for upcasting (SDXL's VAE)."""
+        if self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
+            self.vae.to(torch.float32)
+            try:
+                yield torch.float32
+            finally:
+                self.vae.to(torch.float16)
+        else:
+            yield self.vae.dtype
+
+    @torch.no_grad()
+    def encode_source(self, pixels: torch.Tensor) -> torch.Tensor:
+        """z0 = E(x) * scaling_factor, with the posterior mean so that z0 is deterministic."""
+        with self.vae_precision() as dtype:
+            z0 = self.vae.encode(pixels.to(device=self.vae.device, dtype=dtype)).latent_dist.mode()
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return (z0 - shift) * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """x = D(z / scaling_factor), in [-1, 1] (not clamped)."""
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        latents = latents / self.vae.config.scaling_factor + shift
+        with self.vae_precision() as dtype:
+            return self.vae.decode(latents.to(dtype), return_dict=False)[0]
+
+    def source_latent_and_mask(self, prepared: PreparedInputs, batch_size: int, mode: str, device, dtype):
+        """z0 repeated over the batch, (B, C, h, w), and the latent mask, (B, 1, h, w) in {0, 1}."""
+        z0 = self.encode_source(prepared.image).to(device=device, dtype=dtype)
+        mask = latent_mask(prepared.mask, tuple(z0.shape[-2:]), mode)
+        if not mask.any():
+            raise ValueError(f"the mask vanishes at the latent resolution with latent_mask_mode={mode!r} "
+                             f"(it is thinner than {self.vae_scale_factor} pixels); use latent_mask_mode='any'")
+        mask = mask.to(device=device, dtype=dtype)
+        return z0.expand(batch_size, -1, -1, -1), mask.expand(batch_size, -1, -1, -1)
+
+    def blended_timesteps(self, num_inference_steps: int, skip_fraction: float, device) -> torch.Tensor:
+        """The schedule's timesteps after skipping the first `skip_fraction` of it."""
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        start = num_skipped_steps(num_inference_steps, skip_fraction) * self.scheduler.order
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start)
+        return self.scheduler.timesteps[start:]
+
+    def blended_denoise(self, z0: torch.Tensor, mask: torch.Tensor, timesteps: torch.Tensor,
+                        predict_noise: NoisePredictor, generator, fresh_noise: bool,
+                        mask_dilation_iterations: int = 0, callback_on_step_end=None) -> torch.Tensor:
+        """The blended sampling loop (PAPER.md section 1).
+
+        Starts from the source noised to the first kept timestep; after each scheduler step keeps the
+        denoised latent inside the mask and the source noised to the next timestep outside it; the
+        last step blends with the clean source, so outside the mask the result is z0 exactly.
+        With mask_dilation_iterations N > 0 the mask shrinks progressively from its largest dilation to
+        itself in N + 1 equal phases (section 3).
+        z0: (B, C, h, w) source latents; mask: (B, 1, h, w) in {0, 1}.
+        """
+        def draw_noise() -> torch.Tensor:
+            return randn_tensor(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+
+        masks = shrinking_masks(mask, mask_dilation_iterations)
+        noise = draw_noise()
+        latents = self.scheduler.add_noise(z0, noise, timesteps[:1])
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
+        self._interrupt = False
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                noise_pred = predict_noise(latents, t)
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                if i == len(timesteps) - 1:
+                    background = z0
+                else:
+                    if fresh_noise:
+                        noise = draw_noise()
+                    background = self.scheduler.add_noise(z0, noise, timesteps[i + 1:i + 2])
+                step_mask = masks[phase_of_step(i, len(timesteps), len(masks))]
+                latents = blend(latents, background, step_mask)
+                if callback_on_step_end is not None:
+                    state = {"latents": latents, "mask": step_mask}
+                    latents = callback_on_step_end(self, i, t, state).get("latents", latents)
+                progress_bar.update()
+                if self._interrupt:
+                    break
+        return latents
+
+    def interrupt_edit(self) -> None:
+        """Ask a running edit to stop after its current step (used by the web app to cancel)."""
+        self._interrupt = True
+
+    def finish(self, latents: torch.Tensor, prepared: PreparedInputs, output_type: str, prompt: str | list[str],
+               finishing: Finishing, prompt_dtype) -> BlendedLatentDiffusionPipelineOutput:
+        """Decode, reconstruct the background, restore the input's size, convert, rank."""
+        if output_type == "latent":
+            return BlendedLatentDiffusionPipelineOutput(images=latents)
+        pixels = self.decode_latents(latents)
+        has_nsfw = None
+        if getattr(self, "safety_checker", None) is not None:
+            pixels, has_nsfw = self.run_safety_checker(pixels, pixels.device, prompt_dtype)
+        method = finishing.reconstruction
+        if method in ("latent", "decoder"):  # at the size the model works at: they use the VAE and the latents
+            pixels = reconstruct_background(method, prepared.image, pixels, prepared.mask, vae=self.vae,
+                                            latents=latents, steps=finishing.reconstruction_steps,
+                                            background_weight=finishing.reconstruction_background_weight,
+                                            crop=finishing.reconstruction_crop, progress=not self._progress_off())
+        if prepared.original_size != (prepared.height, prepared.width):
+            pixels = F.interpolate(pixels.float(), size=prepared.original_size, mode="bicubic",
+                                   antialias=True, align_corners=False)
+        if method in ("pixel", "poisson"):  # at the input's own size, so the kept pixels are the input's
+            pixels = reconstruct_background(method, prepared.source.to(pixels.device), pixels.float(),
+                                            prepared.source_mask.to(pixels.device), feather=finishing.feather)
+        do_denormalize = [True] * pixels.shape[0] if has_nsfw is None else [not n for n in has_nsfw]
+        images = self.image_processor.postprocess(pixels, output_type=output_type, do_denormalize=do_denormalize)
+        if finishing.scorer is None:
+            return BlendedLatentDiffusionPipelineOutput(images=images, nsfw_content_detected=has_nsfw)
+        prompt = prompt if isinstance(prompt, str) else prompt[0]
+        scorable = images if output_type != "pt" else list(images.permute(0, 2, 3, 1).float().cpu().numpy())
+        mask = prepared.source_mask[0, 0].cpu().numpy()
+        scores = finishing.scorer.score(list(scorable), prompt, mask)
+        order = rank(scores)
+        images = [images[k] for k in order] if isinstance(images, list) else images[order]
+        return BlendedLatentDiffusionPipelineOutput(
+            images=images, nsfw_content_detected=None if has_nsfw is None else [has_nsfw[k] for k in order],
+            scores=[scores[k] for k in order], order=order)
+
+    def _progress_off(self) -> bool:
+        return bool(getattr(self, "_progress_bar_config", {}).get("disable", False))

@@ -1,0 +1,119 @@
+"""Blended Latent Diffusion for Stable Diffusion 1.x / 2.x (Avrahami, Fried, Lischinski, SIGGRAPH 2023)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import PIL.Image
+import torch
+from diffusers import StableDiffusionPipeline
+
+from ..params import DEFAULTS
+from .blended import BlendedLatentMixin, Finishing
+
+ImageInput = PIL.Image.Image | Any  # PIL image, (H, W, C) array in [0, 1] or uint8, (1, C, H, W) tensor in [0, 1]
+
+
+class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline):
+    """Text-driven local editing with any Stable Diffusion 1.x / 2.x text-to-image checkpoint.
+
+    Loads like any diffusers pipeline (`from_pretrained` of a hub id or a local folder) and takes the
+    same components: vae, text_encoder, tokenizer, unet (a plain 4-channel text-to-image UNet),
+    scheduler (any diffusers scheduler with `add_noise`), optional safety_checker and feature_extractor.
+    """
+
+    default_guidance_scale = 7.5
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        image: ImageInput,
+        mask_image: ImageInput,
+        num_inference_steps: int = DEFAULTS.num_inference_steps,
+        guidance_scale: float | None = None,
+        skip_fraction: float = DEFAULTS.skip_fraction,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = DEFAULTS.num_images,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        invert_mask: bool = DEFAULTS.invert_mask,
+        height: int | None = None,
+        width: int | None = None,
+        latent_mask_mode: str = DEFAULTS.latent_mask_mode,
+        mask_dilation_iterations: int = DEFAULTS.mask_dilation_iterations,
+        background_noise: str = DEFAULTS.background_noise,
+        reconstruction: str = DEFAULTS.reconstruction,
+        feather: int = DEFAULTS.feather,
+        reconstruction_steps: int = DEFAULTS.reconstruction_steps,
+        reconstruction_background_weight: float = DEFAULTS.reconstruction_background_weight,
+        reconstruction_crop: bool = DEFAULTS.reconstruction_crop,
+        scorer=None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end=None,
+        clip_skip: int | None = None,
+    ):
+        """Edit the masked region of `image` to follow `prompt`; keep the rest.
+
+        image: PIL image, array or tensor; its size is snapped to a multiple of the VAE factor for the
+        model and the results are restored to it. mask_image: same size (or aspect ratio), white = edit,
+        soft values thresholded at 0.5. skip_fraction: share of the schedule skipped before blending
+        starts. latent_mask_mode: 'any' (keep every latent cell the mask touches), 'nearest' (the
+        paper's) or 'inside' (cells the mask covers whole; a thin part on its own keeps the cells it
+        touches). mask_dilation_iterations: progressive shrinking for thin masks (0 = off).
+        background_noise: 'fixed' (one noise, as diffusers) or 'fresh' (new noise every step).
+        generator: one, or one per result to make each result reproducible on its own.
+        reconstruction: 'none', 'pixel' (with `feather`), 'poisson', 'latent' or 'decoder' (with
+        `reconstruction_steps`, `reconstruction_background_weight`, `reconstruction_crop`). scorer: a
+        bld.ranking.ClipScorer to sort results best first. Returns BlendedLatentDiffusionPipelineOutput with
+        `images` (PIL by default), and `scores` and `order` when ranked.
+        """
+        params, guidance_scale, batch_size = self.resolve_settings(
+            prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            skip_fraction=skip_fraction, num_images=num_images_per_prompt, invert_mask=invert_mask,
+            height=height, width=width, latent_mask_mode=latent_mask_mode, background_noise=background_noise,
+            mask_dilation_iterations=mask_dilation_iterations, reconstruction=reconstruction, feather=feather,
+            reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop,
+            reconstruction_background_weight=reconstruction_background_weight)
+        do_cfg = guidance_scale > 1.0
+        device = self._execution_device
+
+        # 1. Validate the inputs
+        self.check_edit_inputs(prompt, image, mask_image, params, generator, batch_size, output_type, scorer)
+
+        # 2. Encode the prompt (and the negative prompt for classifier-free guidance)
+        prompt_embeds, negative_embeds = self.encode_prompt(
+            prompt, device, num_images_per_prompt, do_cfg, negative_prompt, clip_skip=clip_skip)
+        if do_cfg:
+            prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
+
+        # 3. Source image and mask at a size the model accepts
+        prepared = self.prepare_image_and_mask(image, mask_image, height, width, invert_mask)
+
+        # 4. Source latent z0 = E(x) and the latent mask at the latent resolution
+        z0, mask = self.source_latent_and_mask(prepared, batch_size, latent_mask_mode, device, prompt_embeds.dtype)
+
+        # 5. The schedule after skipping its first skip_fraction
+        timesteps = self.blended_timesteps(num_inference_steps, skip_fraction, device)
+
+        # 6. Denoise, blending with the noised source after every step
+        def predict_noise(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            model_input = torch.cat([latents] * 2) if do_cfg else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            noise_pred = self.unet(model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+            if do_cfg:
+                uncond, cond = noise_pred.chunk(2)
+                noise_pred = uncond + guidance_scale * (cond - uncond)
+            return noise_pred
+
+        latents = self.blended_denoise(z0, mask, timesteps, predict_noise, generator,
+                                       fresh_noise=background_noise == "fresh",
+                                       mask_dilation_iterations=mask_dilation_iterations,
+                                       callback_on_step_end=callback_on_step_end)
+
+        # 7. Decode, reconstruct the background, restore the input's size, rank
+        finishing = Finishing(reconstruction, feather, reconstruction_steps, reconstruction_crop, scorer,
+                              reconstruction_background_weight)
+        output = self.finish(latents, prepared, output_type, prompt, finishing, prompt_embeds.dtype)
+        self.maybe_free_model_hooks()
+        return output if return_dict else output.to_tuple()
