@@ -167,3 +167,60 @@ def test_compute_metrics_adds_text_match(scorer):
     assert metrics["text_match"] == pytest.approx(scorer.text_match(result, PROMPT, mask), abs=1e-6)
     assert math.isinf(metrics["background_psnr"])
     assert SIZE == 64
+
+
+def disc_image(width, height, center, radius=14, color=(220, 20, 20)):
+    """A gray-noise image with a disc of `color` at `center` (x, y)."""
+    rng = np.random.default_rng(0)
+    array = rng.integers(90, 140, size=(height, width, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:height, :width]
+    array[(xx - center[0]) ** 2 + (yy - center[1]) ** 2 <= radius ** 2] = color
+    return PIL.Image.fromarray(array)
+
+
+def box_mask(width, height, box):
+    array = np.zeros((height, width), np.uint8)
+    left, top, right, bottom = box
+    array[top:bottom, left:right] = 255
+    return PIL.Image.fromarray(array)
+
+
+@pytest.mark.parametrize("size, center, box", [
+    ((256, 128), (24, 64), (0, 30, 50, 98)),      # wide image, edit at its left end
+    ((256, 128), (232, 64), (206, 30, 256, 98)),  # wide, right end
+    ((128, 256), (64, 232), (30, 206, 98, 256)),  # tall, bottom end
+])
+def test_an_edit_at_the_end_of_a_long_image_is_seen(scorer, size, center, box):
+    """The center square of a 256x128 image leaves out its ends: the edit there must still change the score."""
+    mask = box_mask(*size, box)
+    with_disc = disc_image(*size, center)
+    without = disc_image(*size, center, color=(115, 115, 115))
+    a, b = scorer.score([with_disc, without], PROMPT, mask)
+    assert abs(a - b) > 1e-4
+
+
+def test_the_view_is_the_square_that_holds_the_mask(scorer):
+    image = disc_image(256, 128, (24, 64))
+    mask = box_mask(256, 128, (0, 30, 50, 98))
+    left_square = scorer.preprocess([image.crop((0, 0, 128, 128))], mask.crop((0, 0, 128, 128)))
+    assert torch.equal(scorer.preprocess([image], mask), left_square)
+    centered = box_mask(256, 128, (100, 30, 150, 98))  # box centered at x 125: the window starts at 61
+    assert torch.equal(scorer.preprocess([image], centered),
+                       scorer.preprocess([image.crop((61, 0, 189, 128))], centered.crop((61, 0, 189, 128))))
+
+
+def test_a_box_longer_than_the_short_side_is_letterboxed(scorer):
+    image = disc_image(256, 64, (24, 32))
+    mask = box_mask(256, 64, (0, 0, 200, 64))  # 200 px long: the view is 200 px square, black above and below
+    padded_image, padded_mask = PIL.Image.new("RGB", (200, 200)), PIL.Image.new("L", (200, 200))
+    padded_image.paste(image.crop((0, 0, 200, 64)), (0, 68))
+    padded_mask.paste(mask.crop((0, 0, 200, 64)), (0, 68))
+    assert torch.allclose(scorer.preprocess([image], mask), scorer.preprocess([padded_image], padded_mask),
+                          atol=1e-6)
+
+
+def test_square_images_are_seen_whole_as_before(scorer):
+    image, mask = make_image(seed=2), make_mask()
+    keep = np.asarray(mask.convert("L"))[..., None] >= 128
+    blacked = PIL.Image.fromarray((np.asarray(image) * keep).astype(np.uint8))
+    assert torch.allclose(scorer.preprocess([image], mask), scorer.preprocess([blacked]), atol=1e-6)

@@ -2,8 +2,9 @@
 blacked out by the mask, best first.
 
 `ClipScorer` wraps any transformers `CLIPModel` (the paper uses openai/clip-vit-base-patch16) and its
-tokenizer. Image preprocessing is done here in torch (shorter side resized to the model's image size
-with antialiased bicubic, center crop, CLIP mean/std), so no image processor or torchvision is needed.
+tokenizer. Image preprocessing is done here in torch (a square view, resized to the model's image size
+with antialiased bicubic, CLIP mean/std), so no image processor or torchvision is needed. The view holds
+the whole masked region, also at the ends of wide or tall images (`ClipScorer.preprocess`).
 """
 
 from __future__ import annotations
@@ -89,7 +90,11 @@ class ClipScorer:
     def preprocess(self, images: Sequence[Any], mask: Any = None) -> torch.Tensor:
         """Images -> CLIP pixel values (B, 3, S, S) on the model's device and dtype; outside `mask` set to black.
 
-        mask: white / 1 = the edited region that is kept; None keeps the whole image.
+        mask: white / 1 = the edited region that is kept; None keeps the whole image. Without a mask (or
+        with an empty one) the view is CLIP's usual center square. With one, it is the square that holds
+        the mask's whole bounding box: the image's short side, slid along the long side to center the box,
+        and grown (with black borders) when the box is longer than the short side. A square image is thus
+        seen whole, and an edit at either end of a wide or tall image is never cut away.
         """
         size = self.image_size
         mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(3, 1, 1)
@@ -97,20 +102,19 @@ class ClipScorer:
         batch, keeps = [], {}
         for i, image in enumerate(images):
             rgb = as_rgb_array(image, f"image {i}")
+            shape = rgb.shape[:2]
+            box = None
             if mask is not None:
-                shape = rgb.shape[:2]
                 if shape not in keeps:
-                    keeps[shape] = as_mask_array(mask, (shape[1], shape[0]))
-                rgb = rgb * keeps[shape][..., None]
+                    keep = as_mask_array(mask, (shape[1], shape[0]))
+                    keeps[shape] = keep, _bounding_box(keep)
+                keep, box = keeps[shape]
+                rgb = rgb * keep[..., None]
             x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
-            height, width = x.shape[1:]
-            scale = size / min(height, width)
-            new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
-            if (new_h, new_w) != (height, width):
-                x = F.interpolate(x[None], size=(new_h, new_w), mode="bicubic", antialias=True,
+            x = _square_around(x, box) if box is not None else _center_square(x, size)
+            if x.shape[1:] != (size, size):
+                x = F.interpolate(x[None], size=(size, size), mode="bicubic", antialias=True,
                                   align_corners=False)[0].clamp(0.0, 1.0)
-            top, left = (new_h - size) // 2, (new_w - size) // 2
-            x = x[:, top: top + size, left: left + size]
             batch.append((x - mean) / std)
         return torch.stack(batch).to(device=self.device, dtype=self.dtype)
 
@@ -150,6 +154,46 @@ class ClipScorer:
     def text_match(self, image: Any, prompt: str, mask: Any) -> float:
         """Cosine similarity of `prompt` and one image with everything outside `mask` black."""
         return self.score([image], prompt, mask)[0]
+
+
+def _bounding_box(keep: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right), ends excluded, of the True pixels of `keep`; None when there are none."""
+    rows, cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _window(start: int, end: int, length: int, side: int) -> int:
+    """First index of a window of `side` along an axis of `length` that centers [start, end): inside the
+    axis when it fits, else centered on the axis (negative: the window begins before it)."""
+    if side >= length:
+        return (length - side) // 2
+    return min(max(0, (start + end - side) // 2), length - side)
+
+
+def _square_around(x: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """The square crop of the image x (3, H, W) that holds `box`, zero (black) where it leaves the image."""
+    height, width = x.shape[1:]
+    top, bottom, left, right = box
+    side = max(min(height, width), bottom - top, right - left)
+    y0, x0 = _window(top, bottom, height, side), _window(left, right, width, side)
+    view = x.new_zeros(3, side, side)
+    ys, xs = slice(max(0, y0), min(height, y0 + side)), slice(max(0, x0), min(width, x0 + side))
+    view[:, ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0] = x[:, ys, xs]
+    return view
+
+
+def _center_square(x: torch.Tensor, size: int) -> torch.Tensor:
+    """CLIP's usual view: the shorter side resized to `size` (bicubic, antialiased), then the center square."""
+    height, width = x.shape[1:]
+    scale = size / min(height, width)
+    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+    if (new_h, new_w) != (height, width):
+        x = F.interpolate(x[None], size=(new_h, new_w), mode="bicubic", antialias=True,
+                          align_corners=False)[0].clamp(0.0, 1.0)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return x[:, top: top + size, left: left + size]
 
 
 def rank(scores: Sequence[float]) -> list[int]:
