@@ -1,5 +1,7 @@
 """The pure functions of the method (PAPER.md section 1)."""
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -25,15 +27,29 @@ def test_any_mode_keeps_a_one_pixel_line(offset):
 
 
 def test_nearest_mode_drops_a_line_between_samples():
-    # nearest samples pixel 8k of every 8x8 cell: a line at column 3 falls between samples
+    # nearest samples pixel 8k + 4, the center of every 8x8 cell: a line at column 3 falls between samples
     assert latent_mask(thin_line(3), (8, 8), "nearest").sum() == 0
-    assert latent_mask(thin_line(8), (8, 8), "nearest").sum() == 8
+    assert latent_mask(thin_line(4), (8, 8), "nearest").sum() == 8
+    assert latent_mask(thin_line(8), (8, 8), "nearest").sum() == 0
+    # top-left samples pixel 8k
+    assert latent_mask(thin_line(8), (8, 8), "top-left").sum() == 8
+    assert latent_mask(thin_line(4), (8, 8), "top-left").sum() == 0
 
 
-def test_nearest_matches_diffusers_interpolation():
+@pytest.mark.parametrize("size, latent_size", [((64, 48), (8, 6)), ((100, 70), (12, 8)), ((37, 53), (5, 7)),
+                                               ((512, 384), (64, 48))])
+def test_nearest_matches_the_papers_pil_resize(size, latent_size):
+    """The official code downsamples the mask with PIL's NEAREST, which samples each cell's center."""
+    mask = (torch.rand(1, 1, *size, generator=torch.Generator().manual_seed(0)) > 0.6).float()
+    pil = PIL.Image.fromarray((mask[0, 0].numpy() * 255).astype(np.uint8))
+    expected = np.asarray(pil.resize(latent_size[::-1], PIL.Image.NEAREST)) > 0
+    assert np.array_equal(latent_mask(mask, latent_size, "nearest")[0, 0].numpy() > 0, expected)
+
+
+def test_top_left_matches_diffusers_interpolation():
     mask = (torch.rand(1, 1, 64, 48, generator=torch.Generator().manual_seed(0)) > 0.7).float()
     expected = torch.nn.functional.interpolate(mask, size=(8, 6))
-    assert torch.equal(latent_mask(mask, (8, 6), "nearest"), expected)
+    assert torch.equal(latent_mask(mask, (8, 6), "top-left"), expected)
 
 
 def test_any_mode_is_a_superset_of_nearest():

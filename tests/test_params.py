@@ -22,7 +22,7 @@ def test_defaults_follow_the_paper():
     ("num_images", 0, r"num_images=0 is out of range"),
     ("num_images", True, "num_images must be an integer"),
     ("seed", -5, r"seed=-5 is out of range"),
-    ("latent_mask_mode", "bilinear", "latent_mask_mode='bilinear' is not one of any, nearest, inside"),
+    ("latent_mask_mode", "bilinear", "latent_mask_mode='bilinear' is not one of any, nearest, inside, top-left"),
     ("background_noise", "sometimes", "background_noise='sometimes' is not one of fixed, fresh"),
     ("invert_mask", "yes", "invert_mask must be true or false"),
     ("prompt", 3, "prompt must be a string"),

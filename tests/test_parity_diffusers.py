@@ -7,8 +7,9 @@ differences, and how this test lines them up:
   The test hands diffusers bld's z0 as a latent image, which diffusers accepts as is.
 - diffusers rounds the kept steps as int(steps * strength), the official code skips int(steps * skip);
   they agree when steps * skip_fraction is an integer (here 8 * 0.25), as chosen below.
-- bld's default latent mask keeps every cell the mask touches; diffusers samples the nearest pixel:
-  the test uses latent_mask_mode='nearest' and also checks that 'any' differs on a small mask.
+- bld's default latent mask keeps every cell the mask touches; diffusers samples each cell's first pixel
+  (torch's 'nearest'): the test uses latent_mask_mode='top-left' and also checks that 'any' differs on a
+  small mask.
 """
 
 import numpy as np
@@ -22,7 +23,7 @@ STEPS, SKIP = 8, 0.25
 
 def run_both(pipe, image, mask, **kwargs):
     ours = pipe("a red star", image, mask, num_inference_steps=STEPS, skip_fraction=SKIP,
-                latent_mask_mode="nearest", num_images_per_prompt=2, generator=gen(3), output_type="np",
+                latent_mask_mode="top-left", num_images_per_prompt=2, generator=gen(3), output_type="np",
                 reconstruction="none",
                 **kwargs).images
     reference = StableDiffusionInpaintPipeline(**pipe.components)
@@ -48,7 +49,7 @@ def test_matches_diffusers_inpaint_with_a_4_channel_unet(sd_pipe, image, mask, s
 
 
 def test_default_latent_mask_edits_more_cells_than_diffusers_on_a_small_mask(sd_pipe, image):
-    small = make_mask(box=(21, 21, 24, 24))  # 3x3 px: at factor 2 nearest keeps 1 latent cell, 'any' keeps 4
+    small = make_mask(box=(21, 21, 24, 24))  # 3x3 px: at factor 2 top-left keeps 1 latent cell, 'any' keeps 4
     z0 = sd_pipe.encode_source(sd_pipe.prepare_image_and_mask(image, small, None, None, False).image)
 
     def edited_cells(mode):
@@ -57,5 +58,5 @@ def test_default_latent_mask_edits_more_cells_than_diffusers_on_a_small_mask(sd_
                           output_type="latent").images
         return int(((latents - z0).abs().sum(dim=1) > 0).sum())
 
-    assert edited_cells("nearest") == 1
+    assert edited_cells("top-left") == 1
     assert edited_cells("any") == 4

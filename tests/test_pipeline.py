@@ -176,7 +176,7 @@ def test_soft_mask_is_thresholded_at_half(sd_pipe, image):
 
 def test_a_thin_mask_survives_in_any_mode_and_is_refused_in_nearest(sd_pipe, image):
     thin = np.zeros((SIZE, SIZE), np.uint8)
-    thin[10:50, 21] = 255  # one pixel wide, between nearest's samples (even columns at factor 2)
+    thin[10:50, 20] = 255  # one pixel wide, between nearest's samples (the cell centers: odd columns at factor 2)
     latents = edit(sd_pipe, image, thin, output_type="latent")
     assert latents.shape[0] == 1
     with pytest.raises(ValueError, match="mask vanishes at the latent resolution.*use latent_mask_mode='any'"):

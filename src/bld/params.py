@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-LatentMaskMode = Literal["any", "nearest", "inside"]
+LatentMaskMode = Literal["any", "nearest", "inside", "top-left"]
 BackgroundNoise = Literal["fixed", "fresh"]
 SchedulerName = Literal["ddim", "dpm++", "euler", "euler-a", "model"]
 Reconstruction = Literal["none", "pixel", "poisson", "latent", "decoder"]
@@ -51,9 +51,10 @@ class EditParams:
         0, "Progressive mask shrinking for thin masks: N dilations (kernels 3+2i), largest first; 0 = off.",
         low=0, high=10, flag="--shrink-mask")
     latent_mask_mode: LatentMaskMode = _param(
-        "any", "Mask downsampling: 'any' keeps every latent cell the mask touches; 'nearest' is the paper's; "
-        "'inside' keeps the cells the mask covers whole (a thin part on its own: the cells it touches).",
-        choices=("any", "nearest", "inside"))
+        "any", "Mask downsampling: 'any' keeps every latent cell the mask touches; 'nearest' samples each cell's "
+        "center pixel (the paper's); 'inside' keeps the cells the mask covers whole (a thin part on its own: the "
+        "cells it touches); 'top-left' samples each cell's first pixel (diffusers' inpaint pipeline).",
+        choices=("any", "nearest", "inside", "top-left"))
     background_noise: BackgroundNoise = _param(
         "fixed", "Noise for the background: 'fixed' (one noise, as diffusers) or 'fresh' each step (official code).",
         choices=("fixed", "fresh"))

@@ -17,18 +17,21 @@ def latent_mask(mask: torch.Tensor, latent_size: tuple[int, int], mode: str = "a
     """Pixel mask (B, 1, H, W) in {0, 1} -> latent mask (B, 1, h, w) in {0, 1}.
 
     'any' marks every latent cell that the mask touches (adaptive max-pool), so thin strokes and small
-    regions survive; 'nearest' samples one pixel per cell, as the paper's code and diffusers do; 'inside'
-    marks the cells the mask covers whole, so what is generated stays within the mask's pixels, except
-    that a part of the mask covering no cell whole (a thin stroke or a dot on its own) keeps every cell
-    it touches, as in 'any', rather than vanish.
+    regions survive; 'nearest' samples the pixel at each cell's center, as the paper's code does with
+    PIL's NEAREST resize; 'inside' marks the cells the mask covers whole, so what is generated stays
+    within the mask's pixels, except that a part of the mask covering no cell whole (a thin stroke or a
+    dot on its own) keeps every cell it touches, as in 'any', rather than vanish; 'top-left' samples each
+    cell's first pixel, as diffusers' inpaint pipeline does (torch's 'nearest').
     """
     if mode == "any":
         return F.adaptive_max_pool2d(mask, latent_size)
     if mode == "inside":
         return _inside_cells(mask, latent_size)
     if mode == "nearest":
+        return F.interpolate(mask, size=latent_size, mode="nearest-exact")
+    if mode == "top-left":
         return F.interpolate(mask, size=latent_size, mode="nearest")
-    raise ValueError(f"latent mask mode {mode!r} is not one of any, nearest, inside")
+    raise ValueError(f"latent mask mode {mode!r} is not one of any, nearest, inside, top-left")
 
 
 def _inside_cells(mask: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:

@@ -58,9 +58,9 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         image: PIL image, array or tensor; its size is snapped to a multiple of the VAE factor for the
         model and the results are restored to it. mask_image: same size (or aspect ratio), white = edit,
         soft values thresholded at 0.5. skip_fraction: share of the schedule skipped before blending
-        starts. latent_mask_mode: 'any' (keep every latent cell the mask touches), 'nearest' (the
-        paper's) or 'inside' (cells the mask covers whole; a thin part on its own keeps the cells it
-        touches). mask_dilation_iterations: progressive shrinking for thin masks (0 = off).
+        starts. latent_mask_mode: 'any' (keep every latent cell the mask touches), 'nearest' (each
+        cell's center pixel, the paper's), 'inside' (cells the mask covers whole; a thin part on its own
+        keeps the cells it touches) or 'top-left' (each cell's first pixel, diffusers' inpaint pipeline). mask_dilation_iterations: progressive shrinking for thin masks (0 = off).
         background_noise: 'fixed' (one noise, as diffusers) or 'fresh' (new noise every step).
         generator: one, or one per result to make each result reproducible on its own.
         reconstruction: 'none', 'pixel' (with `feather`), 'poisson', 'latent' or 'decoder' (with
