@@ -257,3 +257,20 @@ def test_reconstruct_refuses_a_result_of_another_size(files, capsys):
                        "--method", "pixel")
     assert_one_line_error(code, err, "must have the same size")
     assert not (folder / "x.png").exists()
+
+
+def test_reconstruct_decoder_loads_only_the_vae(files, capsys, monkeypatch):
+    import bld.loading
+
+    folder, image, mask = files
+    run(capsys, "edit", image, mask, "a red star", "-o", folder / "raw.png", "--steps", "4", "--num-results", "1",
+        "--reconstruction", "none")
+
+    def no_pipeline(*args, **kwargs):
+        raise AssertionError("bld reconstruct loaded the whole pipeline")
+
+    monkeypatch.setattr(bld.loading, "load_pipeline", no_pipeline)
+    code, out, err = run(capsys, "reconstruct", image, mask, folder / "raw.png", "-o", folder / "fixed.png",
+                         "--method", "decoder", "--steps", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["outputs"][0]["path"] == str(folder / "fixed.png")

@@ -435,3 +435,110 @@ def test_reconstruct_images_pixel_and_decoder_with_a_size_off_the_vae_factor(vae
     assert gain > 3  # 4.7 dB measured
     with pytest.raises(ValueError, match="same size"):
         reconstruct_images("pixel", image, [edits[0].resize((64, 64))], mask_image)
+
+
+# --- latent and decoder where users run them: inference mode, offloading, float16, large areas ----------
+
+@pytest.mark.parametrize("method, kwargs", [("latent", dict(steps=5, lr=0.03)), ("decoder", dict(steps=5))])
+def test_latent_and_decoder_work_inside_inference_mode(vae, scene, method, kwargs):
+    original, edited, latents, mask = scene
+    with torch.no_grad():
+        expected = reconstruct_background(method, original, edited, mask, vae=vae, latents=latents, **kwargs)
+    with torch.inference_mode():
+        inputs = [t.clone() for t in (original, edited, latents, mask)]  # inference tensors
+        before = snapshot(vae)
+        result = reconstruct_background(method, inputs[0], inputs[1], inputs[3], vae=vae, latents=inputs[2],
+                                        **kwargs)
+    assert torch.allclose(result, expected, atol=1e-6)
+    assert_unchanged(vae, before)
+
+
+def test_vae_device_follows_an_offload_hook(vae):
+    from types import SimpleNamespace
+
+    from bld.ops.reconstruction import vae_device
+
+    assert vae_device(vae) == torch.device("cpu")
+    vae._hf_hook = SimpleNamespace(execution_device="cuda:1")  # what enable_model_cpu_offload leaves
+    try:
+        assert vae_device(vae) == torch.device("cuda:1")
+    finally:
+        del vae._hf_hook
+
+
+def test_decoder_runs_through_an_accelerate_offload_hook(vae, scene):
+    """The VAE's encode/decode trigger accelerate's hook (diffusers' apply_forward_hook), as with offloading."""
+    from accelerate.hooks import CpuOffload, add_hook_to_module, remove_hook_from_module
+
+    original, edited, latents, mask = scene
+    expected = reconstruct_background("decoder", original, edited, mask, vae=vae, steps=5)
+    before = snapshot(vae)
+    add_hook_to_module(vae, CpuOffload(execution_device="cpu"))
+    try:
+        result = reconstruct_background("decoder", original, edited, mask, vae=vae, steps=5)
+    finally:
+        remove_hook_from_module(vae)
+    assert torch.allclose(result, expected, atol=1e-6)
+    assert_unchanged(vae, before)
+
+
+def test_float16_vae_that_asks_for_upcasting_encodes_in_float32(vae, scene):
+    from bld.ops.reconstruction import encode_mean
+
+    original, edited, _, mask = scene
+    half = AutoencoderKL.from_config({**vae.config, "force_upcast": True})
+    half.load_state_dict(vae.state_dict())
+    half.half().eval()
+    before = snapshot(half)
+    seen = []
+    hook = half.encoder.conv_in.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    try:
+        z = encode_mean(half, edited.half())
+    finally:
+        hook.remove()
+    assert seen == [torch.float32] and z.dtype == torch.float32 and torch.isfinite(z).all()
+    assert torch.allclose(z, encode_mean(vae, edited), atol=1e-2)  # the float32 VAE's, from float16 weights
+    assert_unchanged(half, before)
+    result = reconstruct_images("decoder", *(PIL.Image.fromarray(_uint8(t)) for t in (original, edited)),
+                                PIL.Image.fromarray((mask[0, 0].numpy() * 255).astype(np.uint8)), vae=half, steps=3)
+    assert np.isfinite(np.asarray(result[0], dtype=np.float32)).all()
+    assert_unchanged(half, before)
+
+
+def _uint8(image: torch.Tensor) -> np.ndarray:
+    return ((image[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+
+def test_a_large_area_is_optimized_with_recomputed_activations(vae, scene, monkeypatch, caplog):
+    """Above CHECKPOINT_ABOVE_PIXELS the decoder's activations are recomputed: the same result, and said."""
+    import bld.ops.reconstruction as reconstruction
+
+    original, edited, latents, mask = scene
+    expected = reconstruct_background("decoder", original, edited, mask, vae=vae, latents=latents, steps=5)
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(reconstruction, "CHECKPOINT_ABOVE_PIXELS", SIZE * SIZE - 1)
+    with caplog.at_level("INFO", logger="bld"):
+        result = reconstruct_background("decoder", original, edited, mask, vae=vae, latents=latents, steps=5)
+    assert calls, "gradient checkpointing was not used"
+    assert torch.allclose(result, expected, atol=1e-5)
+    assert not vae.is_gradient_checkpointing
+    assert "recomputing the decoder's activations" in caplog.text and f"{SIZE}x{SIZE}" in caplog.text
+
+
+@pytest.mark.gpu
+def test_decoder_reconstruction_with_model_cpu_offload():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from bld import BlendedLatentDiffusionPipeline
+    from bld.testing.tiny_models import tiny_sd_components
+
+    pipe = BlendedLatentDiffusionPipeline(**tiny_sd_components())
+    pipe.enable_model_cpu_offload()
+    image = PIL.Image.new("RGB", (64, 64), (120, 80, 40))
+    mask = PIL.Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    out = pipe("a red star", image, mask, num_inference_steps=4, num_images_per_prompt=1,
+               reconstruction="decoder", reconstruction_steps=3, output_type="np")
+    assert np.isfinite(out.images).all()

@@ -88,6 +88,29 @@ def pipeline_class_for(model: str) -> type[Pipeline]:
     return BlendedLatentDiffusionXLPipeline if is_xl else BlendedLatentDiffusionPipeline
 
 
+def load_vae(model: str | None = None, *, device: str = "auto"):
+    """Only the VAE of `model` (None: the default model), in float32 on `device`: what reconstructing results
+    needs, without loading the UNet and text encoders."""
+    from diffusers import AutoencoderKL
+
+    model = model or default_model()
+    torch_device = resolve_device(device)
+    if model == TINY_RANDOM:
+        from .testing.tiny_models import tiny_sd_components
+
+        return tiny_sd_components(tokenizer_dir=tempfile.mkdtemp(prefix="bld-"))["vae"].to(torch_device)
+    pipeline_class_for(model)  # the same checks and messages as a whole pipeline's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch.float32,
+                                                local_files_only=offline_requested())
+        except (OSError, ValueError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"cannot load the VAE of model {model!r}: {reason[:200]}") from None
+    return vae.eval().to(torch_device)
+
+
 def load_pipeline(model: str | None = None, *, device: str = "auto", dtype: str = "auto",
                   scheduler: str = "ddim") -> Pipeline:
     """Load `model` (None: the default model) on `device` in `dtype` with the named scheduler."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -262,6 +263,16 @@ def notice(message: str) -> None:
     print(f"bld: {message}", file=sys.stderr)
 
 
+def show_library_notices() -> None:
+    """What the library logs (e.g. a reconstruction that switches to saving memory) reaches stderr as notices."""
+    logger = logging.getLogger("bld")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("bld: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def run_edit_command(args: argparse.Namespace) -> dict:
     from ..editing import result_metadata, run_edit, with_seed
     from ..image_io import check_same_aspect, load_image, load_mask, save_png_atomic
@@ -367,9 +378,9 @@ def run_reconstruct_command(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     vae = None
     if args.method in ("latent", "decoder"):
-        from ..loading import default_model, load_pipeline
+        from ..loading import load_vae
 
-        vae = load_pipeline(args.model or default_model(), device=args.device, dtype="float32").vae
+        vae = load_vae(args.model, device=args.device)
     region_image = PIL.Image.fromarray(region.astype(np.uint8) * 255)
     restored = reconstruct_images(args.method, original, results, region_image, vae=vae, feather=args.feather,
                                   steps=args.steps, background_weight=args.background_weight, crop=args.crop,
@@ -400,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(f"{library}_VERBOSITY", "error")
     if not os.environ.get("BLD_DEBUG"):
         warnings.filterwarnings("ignore")  # library chatter; errors still get their one line
+    show_library_notices()
     args = build_parser().parse_args(argv)
     command = {"edit": run_edit_command, "demo": run_demo_command, "reconstruct": run_reconstruct_command,
                "serve": run_serve_command, "eval": run_eval_command}[args.command]

@@ -23,6 +23,7 @@ Tensors are in [-1, 1], shaped (B, 3, H, W); masks are (1 or B, 1, H, W) with 1 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,12 @@ NEEDS_VAE = ("latent", "decoder")
 DEFAULT_STEPS = 75
 DEFAULT_LR = {"latent": 0.1, "decoder": 1e-4}
 POISSON_PAD = 4  # pixels of reflected border around each image while cloning
+CHECKPOINT_ABOVE_PIXELS = 512 * 512
+"""latent / decoder back-propagate through the decoder; on a larger area they recompute the activations of
+its blocks (gradient checkpointing) instead of storing them: the same result, for 11.9 instead of 21.6 kB
+per pixel with the SD / SDXL VAE in float32 (benchmarks/README.md), so 1024 px takes about 12 GB, not 21."""
+
+log = logging.getLogger(__name__)
 
 
 # --- Helpers -------------------------------------------------------------------------------------------
@@ -58,6 +65,13 @@ def decoder_modules(vae) -> list[nn.Module]:
     return modules
 
 
+def vae_device(vae) -> torch.device:
+    """Where the VAE computes: the execution device of an offload hook (diffusers' enable_model_cpu_offload
+    keeps the weights on the CPU until a call moves them), else the device of its decoder's weights."""
+    device = getattr(getattr(vae, "_hf_hook", None), "execution_device", None)
+    return torch.device(device) if device is not None else next(vae.decoder.parameters()).device
+
+
 def _shift(vae) -> float:
     return getattr(vae.config, "shift_factor", None) or 0.0
 
@@ -69,10 +83,28 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_mean(vae, images: torch.Tensor) -> torch.Tensor:
-    """(posterior mean of E(images) - shift) * scaling_factor, in float32; runs in the encoder's dtype."""
-    dtype = next(vae.encoder.parameters()).dtype
-    mean = vae.encode(images.to(dtype), return_dict=False)[0].mode()
+    """(posterior mean of E(images) - shift) * scaling_factor, in float32; runs in the encoder's dtype, or in
+    float32 when a float16 VAE's config asks for upcasting (SDXL's VAE overflows to NaN in float16)."""
+    with _encoder_precision(vae) as dtype:
+        mean = vae.encode(images.to(device=vae_device(vae), dtype=dtype), return_dict=False)[0].mode()
     return ((mean.float() - _shift(vae)) * vae.config.scaling_factor).float()
+
+
+@contextmanager
+def _encoder_precision(vae) -> Iterator[torch.dtype]:
+    """The dtype to encode in; a float16 encoder with force_upcast runs in float32 meanwhile (exact round trip)."""
+    dtype = next(vae.encoder.parameters()).dtype
+    modules = [m for m in (vae.encoder, getattr(vae, "quant_conv", None)) if m is not None]
+    if dtype != torch.float16 or not getattr(vae.config, "force_upcast", False):
+        yield dtype
+        return
+    for module in modules:
+        module.float()
+    try:
+        yield torch.float32
+    finally:
+        for module in modules:
+            module.half()
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor | None = None) -> float:
@@ -123,14 +155,14 @@ def preserved_decoder(vae) -> Iterator[None]:
     try:
         yield
     finally:
-        with torch.no_grad():
+        with torch.no_grad():  # values go back where the weights are now (an offload hook may have moved them)
             for sub, name, p, value, requires_grad, grad in params:
-                p.data = value
-                p.grad = grad
+                p.data = value.to(p.device)
+                p.grad = None if grad is None else grad.to(p.device)
                 p.requires_grad_(requires_grad)
                 sub._parameters[name] = p
             for sub, name, b, value in buffers:
-                b.data = value
+                b.data = value.to(b.device)
                 sub._buffers[name] = b
         for sub, training in modes:
             sub.training = training
@@ -271,34 +303,58 @@ def _fit(method, vae, z, original, edited, mask, steps, lr, weight, params, bar)
         return decode(vae, z.detach())
 
 
+@contextmanager
+def _decoder_checkpointing(vae, on: bool) -> Iterator[None]:
+    """Gradient checkpointing of the VAE while the block runs, when `on` and the VAE supports it; the VAE's
+    own setting is restored afterwards."""
+    was_on = bool(getattr(vae, "is_gradient_checkpointing", False))
+    if not on or was_on or not getattr(vae, "_supports_gradient_checkpointing", False):
+        yield
+        return
+    vae.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        vae.disable_gradient_checkpointing()
+
+
 def _optimize(method, vae, original, edited, mask, latents, steps, lr, weight, crop, crop_margin, progress):
-    """latent / decoder: one independent optimization per image, inside preserved_decoder."""
-    f = vae_scale_factor(vae)
-    device = next(vae.decoder.parameters()).device
-    original, edited, mask = (t.to(device=device, dtype=torch.float32) for t in (original, edited, mask))
-    batch, (_, _, height, width) = edited.shape[0], edited.shape
-    result = original.clone()
-    with torch.enable_grad(), preserved_decoder(vae):
-        params = _float32_decoder(vae)
-        initial = [p.detach().clone() for p in params] if method == "decoder" and batch > 1 else None
-        for i in range(batch):
-            box = crop_box(mask[i, 0] > 0, crop_margin, f) if crop else (0, height, 0, width)
-            if box is None:  # crop of an empty mask: nothing was edited, the result is the original
-                continue
-            top, bottom, left, right = box
-            x, e, m = (t[i:i + 1, :, top:bottom, left:right] for t in (original, edited, mask))
-            if latents is not None:
-                z = latents[i:i + 1, :, top // f:bottom // f, left // f:right // f].to(device)
-            else:
-                z = encode_mean(vae, e)
-            if initial is not None and i > 0:
-                with torch.no_grad():
-                    for p, value in zip(params, initial):
-                        p.copy_(value)
-            desc = f"{method} reconstruction" + (f" {i + 1}/{batch}" if batch > 1 else "")
-            with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
-                out = _fit(method, vae, z, x, e, m, steps, lr, weight, params, bar)
-            result[i, :, top:bottom, left:right] = out[0].detach()
+    """latent / decoder: one independent optimization per image, inside preserved_decoder. Runs with autograd
+    on also under torch.no_grad() or torch.inference_mode(), on the device the VAE computes on."""
+    device, f = vae_device(vae), vae_scale_factor(vae)
+    with torch.inference_mode(False), torch.enable_grad():
+        # clones: tensors made under inference_mode cannot take part in autograd
+        original, edited, mask = (t.to(device=device, dtype=torch.float32).clone() for t in (original, edited, mask))
+        latents = None if latents is None else latents.to(device).clone()
+        batch, (_, _, height, width) = edited.shape[0], edited.shape
+        result = original.clone()
+        with preserved_decoder(vae):
+            params = _float32_decoder(vae)
+            initial = [p.detach().clone() for p in params] if method == "decoder" and batch > 1 else None
+            for i in range(batch):
+                box = crop_box(mask[i, 0] > 0, crop_margin, f) if crop else (0, height, 0, width)
+                if box is None:  # crop of an empty mask: nothing was edited, the result is the original
+                    continue
+                top, bottom, left, right = box
+                x, e, m = (t[i:i + 1, :, top:bottom, left:right] for t in (original, edited, mask))
+                if latents is not None:
+                    z = latents[i:i + 1, :, top // f:bottom // f, left // f:right // f]
+                else:
+                    z = encode_mean(vae, e)
+                if initial is not None and i > 0:
+                    with torch.no_grad():
+                        for p, value in zip(params, initial):
+                            p.copy_(value)
+                area = (bottom - top) * (right - left)
+                checkpointing = area > CHECKPOINT_ABOVE_PIXELS
+                if checkpointing and i == 0:
+                    log.info("%s reconstruction of a %dx%d area: recomputing the decoder's activations to save "
+                             "memory (crop=True works on the mask's box only)", method, right - left, bottom - top)
+                desc = f"{method} reconstruction" + (f" {i + 1}/{batch}" if batch > 1 else "")
+                with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar, \
+                        _decoder_checkpointing(vae, checkpointing):
+                    out = _fit(method, vae, z, x, e, m, steps, lr, weight, params, bar)
+                result[i, :, top:bottom, left:right] = out[0].detach()
     return result
 
 
@@ -386,7 +442,7 @@ def reconstruct_images(method: str, original: PIL.Image.Image, edited: list[PIL.
             else:
                 x, e = (F.pad(t, (0, pad_w, 0, pad_h), mode="reflect") for t in (x, e))
             m = F.pad(m, (0, pad_w, 0, pad_h))
-        device = next(vae.decoder.parameters()).device
+        device = vae_device(vae)
         x, e, m = x.to(device), e.to(device), m.to(device)
     out = reconstruct_background(method, x, e, m, vae=vae, **kwargs)
     return [_tensor_to_pil(image[:, :height, :width]) for image in out]
