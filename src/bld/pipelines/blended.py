@@ -11,6 +11,7 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
+from diffusers import LMSDiscreteScheduler, PNDMScheduler
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -19,6 +20,8 @@ from ..ops.blending import binarize_mask, blend, latent_mask, num_skipped_steps,
 from ..ops.reconstruction import reconstruct_background
 from ..params import EditParams
 from ..ranking import rank
+
+LMS_ORDER = 4  # LMSDiscreteScheduler.step's default order
 
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """predict_noise(latents, t) -> the guided model output for `latents` at timestep `t`."""
@@ -92,6 +95,24 @@ def to_unit_range(image: Any) -> Any:
 def snap(size: int, multiple: int) -> int:
     """Round `size` to the nearest positive multiple of `multiple`."""
     return max(multiple, int(round(size / multiple)) * multiple)
+
+
+def _plms_from(scheduler: PNDMScheduler, skipped: int) -> torch.Tensor:
+    """PNDM's timesteps entered after `skipped` steps. Its pseudo-linear multistep warms up by visiting its
+    second timestep twice ([t0, t1, t1, t2, ...]), counting calls rather than reading timesteps, so a plain
+    slice would be one step out from the third call on: keep the doubled visit at the new start."""
+    if not scheduler.config.skip_prk_steps:
+        raise ValueError("PNDM with Runge-Kutta warm-up steps (skip_prk_steps=False) cannot start part-way "
+                         "through its schedule: use skip_fraction=0, skip_prk_steps=True or another scheduler")
+    steps = torch.unique_consecutive(scheduler.timesteps)[skipped:]
+    return torch.cat([steps[:2], steps[1:]]) if len(steps) > 1 else steps
+
+
+def _step_kwargs(scheduler, index: int) -> dict:
+    """LMS takes its multistep order from its absolute step index, so entered part-way through its schedule
+    it would weigh history it does not have: give it the order (at most its default 4) that `index` steps
+    of history allow."""
+    return {"order": min(index + 1, LMS_ORDER)} if isinstance(scheduler, LMSDiscreteScheduler) else {}
 
 
 class BlendedLatentMixin:
@@ -220,10 +241,14 @@ class BlendedLatentMixin:
     def blended_timesteps(self, num_inference_steps: int, skip_fraction: float, device) -> torch.Tensor:
         """The schedule's timesteps after skipping the first `skip_fraction` of it."""
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        start = num_skipped_steps(num_inference_steps, skip_fraction) * self.scheduler.order
+        skipped = num_skipped_steps(num_inference_steps, skip_fraction)
+        timesteps = self.scheduler.timesteps
+        if isinstance(self.scheduler, PNDMScheduler) and skipped:
+            return _plms_from(self.scheduler, skipped)
+        start = skipped * self.scheduler.order
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(start)
-        return self.scheduler.timesteps[start:]
+        return timesteps[start:]
 
     def blended_denoise(self, z0: torch.Tensor, mask: torch.Tensor, timesteps: torch.Tensor,
                         predict_noise: NoisePredictor, generator, fresh_noise: bool,
@@ -248,7 +273,8 @@ class BlendedLatentMixin:
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 noise_pred = predict_noise(latents, t)
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs,
+                                              **_step_kwargs(self.scheduler, i), return_dict=False)[0]
                 if i == len(timesteps) - 1:
                     background = z0
                 else:
