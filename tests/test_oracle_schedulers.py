@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from conftest import gen, make_image, make_mask
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
@@ -23,7 +24,6 @@ from diffusers import (
 )
 
 from bld.ops.blending import latent_mask
-from conftest import gen, make_image, make_mask
 
 SCHEDULERS = {
     "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
