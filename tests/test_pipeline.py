@@ -276,5 +276,7 @@ def test_bad_mask_inputs(sd_pipe, image):
         edit(sd_pipe, image, np.zeros((SIZE, SIZE), np.uint8))
     with pytest.raises(ValueError, match="mask covers the whole image"):
         edit(sd_pipe, image, np.ones((SIZE, SIZE), np.float32))
-    with pytest.raises(ValueError, match="prompt must be a string"):
+    with pytest.raises(ValueError, match="pass prompt .* or prompt_embeds"):
         sd_pipe(None, image, make_mask())
+    with pytest.raises(ValueError, match="prompt must be a string"):
+        sd_pipe(7, image, make_mask())

@@ -12,7 +12,9 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 from diffusers import LMSDiscreteScheduler, PNDMScheduler
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -108,6 +110,26 @@ def _plms_from(scheduler: PNDMScheduler, skipped: int) -> torch.Tensor:
     return torch.cat([steps[:2], steps[1:]]) if len(steps) > 1 else steps
 
 
+def callback_tensor_inputs(callback, names: list[str] | None) -> list[str]:
+    """The tensors a step-end callback asks for: a diffusers PipelineCallback's own `tensor_inputs`, else
+    `names`, else just the latents."""
+    if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+        return list(callback.tensor_inputs)
+    return list(names) if names is not None else ["latents"]
+
+
+def _rows(tensor: torch.Tensor, batch: int, guided: bool) -> torch.Tensor:
+    """A conditioning tensor for a UNet pass over `batch` latents (twice that when guided): unguided, the
+    conditional half of negative-and-conditional rows, or one row repeated."""
+    if guided:
+        return tensor
+    if tensor.shape[0] == 2 * batch:
+        return tensor[batch:]
+    if tensor.shape[0] == 1 and batch > 1:
+        return tensor.expand(batch, *tensor.shape[1:])
+    return tensor
+
+
 def _step_kwargs(scheduler, index: int) -> dict:
     """LMS takes its multistep order from its absolute step index, so entered part-way through its schedule
     it would weigh history it does not have: give it the order (at most its default 4) that `index` steps
@@ -133,19 +155,33 @@ class BlendedLatentMixin:
                                       do_convert_grayscale=mask)
         return processor.preprocess(image).to(torch.float32)
 
-    def resolve_settings(self, prompt, **settings) -> tuple[EditParams, float, int]:
+    def resolve_settings(self, prompt, prompt_embeds=None, **settings) -> tuple[EditParams, float, int]:
         """Validate the call's settings against EditParams; return them with the guidance scale and batch size."""
         params = EditParams(prompt=prompt if isinstance(prompt, str) else "", **settings)
         guidance = self.default_guidance_scale if params.guidance_scale is None else params.guidance_scale
-        batch_size = (1 if isinstance(prompt, str) else len(prompt or [])) * params.num_images
-        return params, guidance, batch_size
+        if isinstance(prompt, list):
+            prompts = len(prompt)
+        elif prompt is None and isinstance(prompt_embeds, torch.Tensor):
+            prompts = prompt_embeds.shape[0]
+        else:
+            prompts = 1
+        return params, guidance, prompts * params.num_images
 
     def check_edit_inputs(self, prompt, image, mask_image, params: EditParams, generator, batch_size,
-                          output_type: str, scorer) -> None:
+                          output_type: str, scorer, prompt_embeds=None, negative_prompt_embeds=None,
+                          callback_on_step_end_tensor_inputs=("latents",)) -> None:
         """Validate once, at the top; every error names the bad value and what would be valid."""
-        if not isinstance(prompt, (str, list)) or isinstance(prompt, list) and (
-                not prompt or not all(isinstance(p, str) for p in prompt)):
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("pass prompt (a string or a list of strings) or prompt_embeds")
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("pass prompt or prompt_embeds, not both")
+        if prompt is not None and (not isinstance(prompt, (str, list)) or isinstance(prompt, list) and (
+                not prompt or not all(isinstance(p, str) for p in prompt))):
             raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
+        if prompt_embeds is not None and negative_prompt_embeds is not None and (
+                prompt_embeds.shape != negative_prompt_embeds.shape):
+            raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} and negative_prompt_embeds "
+                             f"{tuple(negative_prompt_embeds.shape)} must have the same shape")
         if image is None or mask_image is None:
             raise ValueError("both image and mask_image are required")
         for name in ("height", "width"):
@@ -154,13 +190,18 @@ class BlendedLatentMixin:
                 raise ValueError(f"{name}={value} must be a multiple of {self.vae_scale_factor} for this model")
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"got {len(generator)} generators for {batch_size} results: pass one generator "
-                             f"or one per result")
+                             f"or one per result (num_images_per_prompt={params.num_images})")
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type={output_type!r} is not one of pil, np, pt, latent")
         if scorer is not None and output_type == "latent":
             raise ValueError("ranking needs decoded images: use an output_type other than 'latent' or no scorer")
-        if scorer is not None and isinstance(prompt, list) and len(prompt) > 1:
-            raise ValueError("ranking compares results of one prompt: pass a single prompt or no scorer")
+        if scorer is not None and (prompt is None or isinstance(prompt, list) and len(prompt) > 1):
+            raise ValueError("ranking scores the results against one prompt's text: pass a single prompt "
+                             "(not only prompt_embeds) or no scorer")
+        allowed = [*self._callback_tensor_inputs, "mask"]
+        unknown = [name for name in callback_on_step_end_tensor_inputs if name not in allowed]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not among {allowed}")
 
     def prepare_image_and_mask(self, image, mask_image, height: int | None, width: int | None,
                                invert_mask: bool) -> PreparedInputs:
@@ -238,6 +279,34 @@ class BlendedLatentMixin:
         mask = mask.to(device=device, dtype=dtype)
         return z0.expand(batch_size, -1, -1, -1), mask.expand(batch_size, -1, -1, -1)
 
+    def guided_noise_predictor(self, conditioning: dict[str, torch.Tensor], unet_call, guidance_scale: float,
+                               guidance_rescale: float = 0.0) -> NoisePredictor:
+        """predict_noise for the loop: classifier-free guidance over `unet_call(model_input, t, conditioning)`.
+
+        `conditioning` holds the UNet's conditioning tensors (prompt_embeds, and SDXL's add_text_embeds and
+        add_time_ids), negative rows first when guided; it is read at every step, so a step-end callback
+        may replace its tensors. Guidance follows `self._guidance_scale`, which such a callback may set to 0
+        (diffusers' SDCFGCutoffCallback): from then on only the conditional rows are used, one UNet pass per
+        result instead of two. guidance_rescale: diffusers' rescale of the guided prediction (0 = off).
+        """
+        self._guidance_scale = guidance_scale
+
+        def predict_noise(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            batch = latents.shape[0]
+            guided = self._guidance_scale > 1.0
+            cond = {name: _rows(value, batch, guided) for name, value in conditioning.items()}
+            model_input = torch.cat([latents] * 2) if guided else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            noise_pred = unet_call(model_input, t, cond)
+            if guided:
+                uncond, text = noise_pred.chunk(2)
+                noise_pred = uncond + self._guidance_scale * (text - uncond)
+                if guidance_rescale > 0:
+                    noise_pred = rescale_noise_cfg(noise_pred, text, guidance_rescale=guidance_rescale)
+            return noise_pred
+
+        return predict_noise
+
     def blended_timesteps(self, num_inference_steps: int, skip_fraction: float, device) -> torch.Tensor:
         """The schedule's timesteps after skipping the first `skip_fraction` of it."""
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -252,7 +321,9 @@ class BlendedLatentMixin:
 
     def blended_denoise(self, z0: torch.Tensor, mask: torch.Tensor, timesteps: torch.Tensor,
                         predict_noise: NoisePredictor, generator, fresh_noise: bool,
-                        mask_dilation_iterations: int = 0, callback_on_step_end=None) -> torch.Tensor:
+                        mask_dilation_iterations: int = 0, callback_on_step_end=None, *, eta: float = 0.0,
+                        callback_tensors: dict[str, torch.Tensor] | None = None,
+                        callback_tensor_inputs=("latents",)) -> torch.Tensor:
         """The blended sampling loop (PAPER.md section 1).
 
         Starts from the source noised to the first kept timestep; after each scheduler step keeps the
@@ -260,16 +331,21 @@ class BlendedLatentMixin:
         last step blends with the clean source, so outside the mask the result is z0 exactly.
         With mask_dilation_iterations N > 0 the mask shrinks progressively from its largest dilation to
         itself in N + 1 equal phases (section 3).
-        z0: (B, C, h, w) source latents; mask: (B, 1, h, w) in {0, 1}.
+        z0: (B, C, h, w) source latents; mask: (B, 1, h, w) in {0, 1}. eta: DDIM's noise (0 = deterministic).
+        callback_on_step_end(pipe, i, t, state) sees the blended `latents`, the step's `mask` and the
+        `callback_tensor_inputs` named in `callback_tensors`; what it returns replaces them (a new
+        `latents`, or conditioning tensors that predict_noise reads from `callback_tensors`).
         """
         def draw_noise() -> torch.Tensor:
             return randn_tensor(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
 
+        callback_tensors = {} if callback_tensors is None else callback_tensors
         masks = shrinking_masks(mask, mask_dilation_iterations)
         noise = draw_noise()
         latents = self.scheduler.add_noise(z0, noise, timesteps[:1])
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
         self._interrupt = False
+        self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 noise_pred = predict_noise(latents, t)
@@ -284,8 +360,10 @@ class BlendedLatentMixin:
                 step_mask = masks[phase_of_step(i, len(timesteps), len(masks))]
                 latents = blend(latents, background, step_mask)
                 if callback_on_step_end is not None:
-                    state = {"latents": latents, "mask": step_mask}
-                    latents = callback_on_step_end(self, i, t, state).get("latents", latents)
+                    extra = {k: callback_tensors[k] for k in callback_tensor_inputs if k in callback_tensors}
+                    out = callback_on_step_end(self, i, t, {"latents": latents, "mask": step_mask, **extra}) or {}
+                    latents = out.get("latents", latents)
+                    callback_tensors.update({k: v for k, v in out.items() if k in callback_tensors})
                 progress_bar.update()
                 if self._interrupt:
                     break

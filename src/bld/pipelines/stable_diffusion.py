@@ -9,7 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from ..params import DEFAULTS
-from .blended import BlendedLatentMixin, Finishing
+from .blended import BlendedLatentMixin, Finishing, callback_tensor_inputs
 
 ImageInput = PIL.Image.Image | Any  # PIL image, (H, W, C) array in [0, 1] or uint8, (1, C, H, W) tensor in [0, 1]
 
@@ -23,18 +23,19 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
     """
 
     default_guidance_scale = 7.5
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]  # prompt_embeds: negative rows first when guided
 
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
-        image: ImageInput,
-        mask_image: ImageInput,
+        prompt: str | list[str] | None = None,
+        image: ImageInput = None,
+        mask_image: ImageInput = None,
         num_inference_steps: int = DEFAULTS.num_inference_steps,
         guidance_scale: float | None = None,
         skip_fraction: float = DEFAULTS.skip_fraction,
         negative_prompt: str | list[str] | None = None,
-        num_images_per_prompt: int = DEFAULTS.num_images,
+        num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         invert_mask: bool = DEFAULTS.invert_mask,
         height: int | None = None,
@@ -51,7 +52,13 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
         clip_skip: int | None = None,
+        eta: float = 0.0,
+        guidance_rescale: float = 0.0,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
     ):
         """Edit the masked region of `image` to follow `prompt`; keep the rest.
 
@@ -60,16 +67,24 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         soft values thresholded at 0.5. skip_fraction: share of the schedule skipped before blending
         starts. latent_mask_mode: 'any' (keep every latent cell the mask touches), 'nearest' (each
         cell's center pixel, the paper's), 'inside' (cells the mask covers whole; a thin part on its own
-        keeps the cells it touches) or 'top-left' (each cell's first pixel, diffusers' inpaint pipeline). mask_dilation_iterations: progressive shrinking for thin masks (0 = off).
+        keeps the cells it touches) or 'top-left' (each cell's first pixel, diffusers' inpaint pipeline).
+        mask_dilation_iterations: progressive shrinking for thin masks (0 = off).
         background_noise: 'fixed' (one noise, as diffusers) or 'fresh' (new noise every step).
+        num_images_per_prompt: results per prompt (1, as diffusers; bld's CLI and web app ask for 4 to rank).
         generator: one, or one per result to make each result reproducible on its own.
         reconstruction: 'none', 'pixel' (with `feather`), 'poisson', 'latent' or 'decoder' (with
         `reconstruction_steps`, `reconstruction_background_weight`, `reconstruction_crop`). scorer: a
-        bld.ranking.ClipScorer to sort results best first. Returns BlendedLatentDiffusionPipelineOutput with
-        `images` (PIL by default), and `scores` and `order` when ranked.
+        bld.ranking.ClipScorer to sort results best first.
+        As in diffusers: prompt_embeds / negative_prompt_embeds instead of the prompts, cross_attention_kwargs
+        (e.g. {"scale": 0.7} for a LoRA), eta (DDIM), guidance_rescale, clip_skip, and callback_on_step_end
+        (a function or a diffusers PipelineCallback such as SDCFGCutoffCallback) with
+        callback_on_step_end_tensor_inputs among "latents", "prompt_embeds" and "mask".
+        Returns BlendedLatentDiffusionPipelineOutput with `images` (PIL by default), and `scores` and
+        `order` when ranked.
         """
+        tensor_inputs = callback_tensor_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
         params, guidance_scale, batch_size = self.resolve_settings(
-            prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            prompt, prompt_embeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             skip_fraction=skip_fraction, num_images=num_images_per_prompt, invert_mask=invert_mask,
             height=height, width=width, latent_mask_mode=latent_mask_mode, background_noise=background_noise,
             mask_dilation_iterations=mask_dilation_iterations, reconstruction=reconstruction, feather=feather,
@@ -79,11 +94,14 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         device = self._execution_device
 
         # 1. Validate the inputs
-        self.check_edit_inputs(prompt, image, mask_image, params, generator, batch_size, output_type, scorer)
+        self.check_edit_inputs(prompt, image, mask_image, params, generator, batch_size, output_type, scorer,
+                               prompt_embeds, negative_prompt_embeds, tensor_inputs)
 
         # 2. Encode the prompt (and the negative prompt for classifier-free guidance)
+        lora_scale = (cross_attention_kwargs or {}).get("scale")
         prompt_embeds, negative_embeds = self.encode_prompt(
-            prompt, device, num_images_per_prompt, do_cfg, negative_prompt, clip_skip=clip_skip)
+            prompt, device, num_images_per_prompt, do_cfg, negative_prompt, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, lora_scale=lora_scale, clip_skip=clip_skip)
         if do_cfg:
             prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
 
@@ -97,19 +115,18 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         timesteps = self.blended_timesteps(num_inference_steps, skip_fraction, device)
 
         # 6. Denoise, blending with the noised source after every step
-        def predict_noise(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            model_input = torch.cat([latents] * 2) if do_cfg else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            noise_pred = self.unet(model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
-            if do_cfg:
-                uncond, cond = noise_pred.chunk(2)
-                noise_pred = uncond + guidance_scale * (cond - uncond)
-            return noise_pred
+        conditioning = {"prompt_embeds": prompt_embeds}
 
+        def unet_call(model_input: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+            return self.unet(model_input, t, encoder_hidden_states=cond["prompt_embeds"],
+                             cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+
+        predict_noise = self.guided_noise_predictor(conditioning, unet_call, guidance_scale, guidance_rescale)
         latents = self.blended_denoise(z0, mask, timesteps, predict_noise, generator,
                                        fresh_noise=background_noise == "fresh",
                                        mask_dilation_iterations=mask_dilation_iterations,
-                                       callback_on_step_end=callback_on_step_end)
+                                       callback_on_step_end=callback_on_step_end, eta=eta,
+                                       callback_tensors=conditioning, callback_tensor_inputs=tensor_inputs)
 
         # 7. Decode, reconstruct the background, restore the input's size, rank
         finishing = Finishing(reconstruction, feather, reconstruction_steps, reconstruction_crop, scorer,

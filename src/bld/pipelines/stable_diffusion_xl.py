@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from diffusers import StableDiffusionXLPipeline
 
 from ..params import DEFAULTS
-from .blended import BlendedLatentMixin, Finishing
+from .blended import BlendedLatentMixin, Finishing, callback_tensor_inputs
 from .stable_diffusion import ImageInput
 
 
@@ -14,8 +16,8 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
     """Text-driven local editing with any SDXL text-to-image checkpoint (4-channel UNet).
 
     Same algorithm and arguments as BlendedLatentDiffusionPipeline, plus `prompt_2` and
-    `negative_prompt_2` for the second text encoder. The UNet is told the input's original size and the
-    size it works at, with no crop.
+    `negative_prompt_2` for the second text encoder and the pooled embeddings of diffusers' SDXL
+    pipeline. The UNet is told the input's original size and the size it works at, with no crop.
     """
 
     default_guidance_scale = 5.0
@@ -23,14 +25,14 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
-        image: ImageInput,
-        mask_image: ImageInput,
+        prompt: str | list[str] | None = None,
+        image: ImageInput = None,
+        mask_image: ImageInput = None,
         num_inference_steps: int = DEFAULTS.num_inference_steps,
         guidance_scale: float | None = None,
         skip_fraction: float = DEFAULTS.skip_fraction,
         negative_prompt: str | list[str] | None = None,
-        num_images_per_prompt: int = DEFAULTS.num_images,
+        num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         invert_mask: bool = DEFAULTS.invert_mask,
         height: int | None = None,
@@ -47,13 +49,24 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
         prompt_2: str | list[str] | None = None,
         negative_prompt_2: str | list[str] | None = None,
         clip_skip: int | None = None,
+        eta: float = 0.0,
+        guidance_rescale: float = 0.0,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
     ):
-        """Edit the masked region of `image` to follow `prompt`; see BlendedLatentDiffusionPipeline.__call__."""
+        """Edit the masked region of `image` to follow `prompt`; see BlendedLatentDiffusionPipeline.__call__.
+        callback_on_step_end_tensor_inputs may name "latents", "prompt_embeds", "add_text_embeds",
+        "add_time_ids" and "mask" (diffusers' SDXLCFGCutoffCallback works)."""
+        tensor_inputs = callback_tensor_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
         params, guidance_scale, batch_size = self.resolve_settings(
-            prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            prompt, prompt_embeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             skip_fraction=skip_fraction, num_images=num_images_per_prompt, invert_mask=invert_mask,
             height=height, width=width, latent_mask_mode=latent_mask_mode, background_noise=background_noise,
             mask_dilation_iterations=mask_dilation_iterations, reconstruction=reconstruction, feather=feather,
@@ -63,12 +76,17 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
         device = self._execution_device
 
         # 1. Validate the inputs
-        self.check_edit_inputs(prompt, image, mask_image, params, generator, batch_size, output_type, scorer)
+        self.check_edit_inputs(prompt, image, mask_image, params, generator, batch_size, output_type, scorer,
+                               prompt_embeds, negative_prompt_embeds, tensor_inputs)
+        if prompt_embeds is not None and pooled_prompt_embeds is None:
+            raise ValueError("with prompt_embeds SDXL also needs pooled_prompt_embeds (from the second text encoder)")
 
         # 2. Encode the prompt with both text encoders
         prompt_embeds, negative_embeds, pooled, negative_pooled = self.encode_prompt(
             prompt, prompt_2, device, num_images_per_prompt, do_cfg, negative_prompt, negative_prompt_2,
-            clip_skip=clip_skip)
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            lora_scale=(cross_attention_kwargs or {}).get("scale"), clip_skip=clip_skip)
 
         # 3. Source image and mask at a size the model accepts
         prepared = self.prepare_image_and_mask(image, mask_image, height, width, invert_mask)
@@ -83,7 +101,6 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
             prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
             pooled = torch.cat([negative_pooled, pooled])
             time_ids = torch.cat([time_ids, time_ids])
-        added_cond_kwargs = {"text_embeds": pooled.to(device), "time_ids": time_ids}
 
         # 5. Source latent z0 = E(x) and the latent mask at the latent resolution
         z0, mask = self.source_latent_and_mask(prepared, batch_size, latent_mask_mode, device, prompt_embeds.dtype)
@@ -92,20 +109,19 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
         timesteps = self.blended_timesteps(num_inference_steps, skip_fraction, device)
 
         # 7. Denoise, blending with the noised source after every step
-        def predict_noise(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            model_input = torch.cat([latents] * 2) if do_cfg else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            noise_pred = self.unet(model_input, t, encoder_hidden_states=prompt_embeds,
-                                   added_cond_kwargs=added_cond_kwargs, return_dict=False)[0]
-            if do_cfg:
-                uncond, cond = noise_pred.chunk(2)
-                noise_pred = uncond + guidance_scale * (cond - uncond)
-            return noise_pred
+        conditioning = {"prompt_embeds": prompt_embeds, "add_text_embeds": pooled.to(device), "add_time_ids": time_ids}
 
+        def unet_call(model_input: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+            added = {"text_embeds": cond["add_text_embeds"], "time_ids": cond["add_time_ids"]}
+            return self.unet(model_input, t, encoder_hidden_states=cond["prompt_embeds"], added_cond_kwargs=added,
+                             cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+
+        predict_noise = self.guided_noise_predictor(conditioning, unet_call, guidance_scale, guidance_rescale)
         latents = self.blended_denoise(z0, mask, timesteps, predict_noise, generator,
                                        fresh_noise=background_noise == "fresh",
                                        mask_dilation_iterations=mask_dilation_iterations,
-                                       callback_on_step_end=callback_on_step_end)
+                                       callback_on_step_end=callback_on_step_end, eta=eta,
+                                       callback_tensors=conditioning, callback_tensor_inputs=tensor_inputs)
 
         # 8. Decode, reconstruct the background, restore the input's size, rank
         finishing = Finishing(reconstruction, feather, reconstruction_steps, reconstruction_crop, scorer,

@@ -50,7 +50,7 @@ class RegenerationPipeline(BlendedLatentDiffusionPipeline):
     blend_at: str = "never"
 
     def blended_denoise(self, z0, mask, timesteps, predict_noise, generator, fresh_noise,
-                        mask_dilation_iterations=0, callback_on_step_end=None):
+                        mask_dilation_iterations=0, callback_on_step_end=None, **loop_options):
         user_callback = callback_on_step_end
 
         def blend_once(pipe, i, t, state):
@@ -63,7 +63,7 @@ class RegenerationPipeline(BlendedLatentDiffusionPipeline):
 
         callback = blend_once if self.blend_at == "first" else user_callback
         return super().blended_denoise(z0, torch.ones_like(mask), timesteps, predict_noise, generator, fresh_noise,
-                                       0, callback)
+                                       0, callback, **loop_options)
 
 
 @dataclass
