@@ -125,3 +125,32 @@ def test_diffusers_cfg_cutoff_callback_halves_the_unet_batch(pipe, monkeypatch, 
                    generator=[gen(k) for k in range(num_images)], skip_fraction=0.0, callback_on_step_end=cutoff)
     assert latents.shape[0] == num_images and torch.isfinite(latents).all()
     assert batches == [2 * num_images] * (STEPS // 2 + 1) + [num_images] * (STEPS - STEPS // 2 - 1)
+
+
+def test_guidance_cutoff_is_diffusers_cfg_cutoff(pipe):
+    """guidance_cutoff=0.5 over 6 kept steps guides 3 of them: diffusers' callback with cutoff_step_index=2
+    (it turns guidance off after that step) gives the same latents."""
+    callback_cls = SDXLCFGCutoffCallback if isinstance(pipe, BlendedLatentDiffusionXLPipeline) else SDCFGCutoffCallback
+    common = dict(prompt="a red star", guidance_scale=7.5, skip_fraction=0.0)
+    ours = edit(pipe, guidance_cutoff=0.5, **common)
+    theirs = edit(pipe, callback_on_step_end=callback_cls(cutoff_step_ratio=None, cutoff_step_index=2), **common)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert not torch.allclose(ours, edit(pipe, **common), atol=1e-4)
+    assert torch.equal(edit(pipe, guidance_cutoff=1.0, **common), edit(pipe, **common))
+
+
+def test_speed_up_options(tmp_path):
+    """channels-last gives the same edit (up to rounding); compile wraps the UNet once."""
+    from bld.loading import load_pipeline, speed_up
+
+    pipe = load_pipeline("tiny-random", device="cpu", dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    expected = edit(pipe, prompt="a red star")
+    speed_up(pipe, channels_last=True)
+    conv = pipe.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert torch.allclose(edit(pipe, prompt="a red star"), expected, atol=1e-4)
+    speed_up(pipe, compile=True)
+    compiled = pipe.unet
+    assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
+    assert speed_up(pipe, compile=True).unet is compiled

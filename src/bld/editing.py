@@ -52,6 +52,7 @@ def run_edit(pipe, image, mask, params: EditParams, scorer=None, callback_on_ste
     output = pipe(
         params.prompt, image, mask,
         num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
+        guidance_cutoff=params.guidance_cutoff,
         skip_fraction=params.skip_fraction, negative_prompt=params.negative_prompt,
         num_images_per_prompt=params.num_images, generator=[torch.Generator().manual_seed(s) for s in seeds],
         invert_mask=params.invert_mask, height=params.height, width=params.width,

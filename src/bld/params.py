@@ -27,7 +27,15 @@ def _param(default: Any, help: str, *, low: float | None = None, high: float | N
 
 @dataclass(frozen=True)
 class EditParams:
-    """Parameters of one edit. Defaults follow the paper's official SD 2.1 script (PAPER.md section 1)."""
+    """Parameters of one edit.
+
+    The schedule's defaults are the paper's (50 DDIM steps, the first 0.25 skipped; guidance 7.5 for SD and
+    5.0 for SDXL). Three differ from its official script (README, "The algorithm"): the 'any' latent mask
+    (the script's nearest sampling drops thin strokes), one fixed background noise (as diffusers; the script
+    draws it fresh each step) and pixel reconstruction (exact outside the mask; the paper's decoder fine-tune
+    is 'decoder'). num_images is 4, to rank them, where the pipelines' num_images_per_prompt defaults to 1
+    as in diffusers. A model folder may recommend values of its own (bld.model_defaults).
+    """
 
     prompt: str = _param("", "What the masked region should show.")
     negative_prompt: str | None = _param(None, "What the masked region should not show.")
@@ -36,6 +44,9 @@ class EditParams:
     guidance_scale: float | None = _param(
         None, "Classifier-free guidance scale; 1 turns guidance off. Default: 7.5 for SD, 5.0 for SDXL.",
         low=0.0, high=50.0, flag="--guidance")
+    guidance_cutoff: float = _param(
+        1.0, "Share of the kept steps that use guidance; the rest run the model once per result instead of twice "
+        "(faster; diffusers' CFG cut-off). 1 = every step.", low=0.0, high=1.0)
     skip_fraction: float = _param(
         0.25, "Fraction of the schedule skipped before blending starts (the paper's blending_start_percentage).",
         low=0.0, high=0.99)

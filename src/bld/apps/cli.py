@@ -75,13 +75,18 @@ def params_from_args(args: argparse.Namespace, model_defaults: dict | None = Non
     return EditParams.from_dict({**(model_defaults or {}), **given})
 
 
-def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+def add_runtime_flags(parser: argparse.ArgumentParser, gpu_options: bool = True) -> None:
     parser.add_argument("--model", default=None,
-                        help="diffusers model folder or Hugging Face Hub id (SD 1.x/2.x or SDXL). "
-                             "Default: the bundled model (tiny random components until it ships).")
+                        help="diffusers model folder or Hugging Face Hub id (SD 1.x/2.x or SDXL). Default: the "
+                             "bundled model, which draws a 64 px world of colored shapes (README, 'The bundled "
+                             "model'); 'tiny-random' builds random components in code, for trying the tool.")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 elsewhere), float32, "
                                                         "float16, bfloat16")
+    if gpu_options:
+        parser.add_argument("--compile", action="store_true",
+                            help="torch.compile the UNet (GPU: faster after a first edit that compiles, per size)")
+        parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (GPU)")
     parser.add_argument("--clip-model", default=None,
                         help="CLIP model (transformers folder or Hub id, e.g. openai/clip-vit-base-patch16) that "
                              "ranks the results; default: the bundled model's")
@@ -168,7 +173,7 @@ def add_eval_parser(sub) -> None:
     ev.add_argument("--no-baselines", action="store_true", help="skip SDEdit, blend-once and diffusers inpaint")
     ev.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_runtime_flags(ev)
+    add_runtime_flags(ev, gpu_options=False)
 
 
 EVAL_OVERRIDES = {"tasks": "tasks", "thin_tasks": "thin_tasks", "steps": "steps", "num_results": "num_images",
@@ -242,7 +247,8 @@ def load_for_args(args, params: EditParams):
     from ..loading import default_model, load_pipeline, load_scorer
 
     model = args.model or default_model()
-    pipe = load_pipeline(model, device=args.device, dtype=args.dtype, scheduler=params.scheduler)
+    pipe = load_pipeline(model, device=args.device, dtype=args.dtype, scheduler=params.scheduler,
+                         compile=args.compile, channels_last=args.channels_last)
     pipe.set_progress_bar_config(file=sys.stderr, leave=False)
     scorer = load_scorer(args.clip_model, model, pipe.device) if params.rank else None
     if params.rank and scorer is None:
@@ -349,6 +355,7 @@ def run_serve_command(args: argparse.Namespace) -> dict:
         notice("serving tiny random components (results are noise)"
                + ("" if args.model else ": no model given and no bundled model installed"))
     serve(model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, clip_model=args.clip_model,
+          compile=args.compile, channels_last=args.channels_last,
           on_ready=lambda url: notice(f"serving on {url} (Ctrl-C to stop)"))
     return {"outputs": [], "model": model}
 

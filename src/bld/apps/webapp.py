@@ -502,7 +502,8 @@ def launch_kwargs(host: str, port: int | None, max_upload_mb: float = MAX_UPLOAD
 
 def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int | None = 7860, device: str = "auto",
           dtype: str = "auto", clip_model: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
-          block: bool = True, on_ready: Callable[[str], None] | None = None):
+          block: bool = True, on_ready: Callable[[str], None] | None = None, compile: bool = False,
+          channels_last: bool = False):
     """Load the model once (default: the bundled one) and serve the page until Ctrl-C or SIGTERM. Uploads,
     results and Gradio's cache live in one temporary folder owned by this process (GRADIO_TEMP_DIR), deleted
     on exit; nothing else on disk is served. block=False returns the launched gr.Blocks at once; closing it
@@ -516,7 +517,8 @@ def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int | None
     from ..loading import default_model, load_pipeline, load_scorer
 
     model = model or default_model()
-    pipe = load_pipeline(model, device=device, dtype=dtype, scheduler="model")
+    pipe = load_pipeline(model, device=device, dtype=dtype, scheduler="model", compile=compile,
+                         channels_last=channels_last)
     pipe.set_progress_bar_config(disable=True)
     scorer = load_scorer(clip_model, model, pipe.device)
     app = build_app(pipe, scorer, model=model, results_dir=root / "results", max_upload_mb=max_upload_mb)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -323,7 +324,7 @@ class BlendedLatentMixin:
                         predict_noise: NoisePredictor, generator, fresh_noise: bool,
                         mask_dilation_iterations: int = 0, callback_on_step_end=None, *, eta: float = 0.0,
                         callback_tensors: dict[str, torch.Tensor] | None = None,
-                        callback_tensor_inputs=("latents",)) -> torch.Tensor:
+                        callback_tensor_inputs=("latents",), guidance_cutoff: float = 1.0) -> torch.Tensor:
         """The blended sampling loop (PAPER.md section 1).
 
         Starts from the source noised to the first kept timestep; after each scheduler step keeps the
@@ -332,6 +333,7 @@ class BlendedLatentMixin:
         With mask_dilation_iterations N > 0 the mask shrinks progressively from its largest dilation to
         itself in N + 1 equal phases (section 3).
         z0: (B, C, h, w) source latents; mask: (B, 1, h, w) in {0, 1}. eta: DDIM's noise (0 = deterministic).
+        guidance_cutoff: guidance stops (self._guidance_scale = 0) after this share of the steps.
         callback_on_step_end(pipe, i, t, state) sees the blended `latents`, the step's `mask` and the
         `callback_tensor_inputs` named in `callback_tensors`; what it returns replaces them (a new
         `latents`, or conditioning tensors that predict_noise reads from `callback_tensors`).
@@ -346,8 +348,11 @@ class BlendedLatentMixin:
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
         self._interrupt = False
         self._num_timesteps = len(timesteps)
+        guided_steps = math.ceil(guidance_cutoff * len(timesteps))
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
+                if i == guided_steps:
+                    self._guidance_scale = 0.0
                 noise_pred = predict_noise(latents, t)
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs,
                                               **_step_kwargs(self.scheduler, i), return_dict=False)[0]

@@ -56,6 +56,7 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         clip_skip: int | None = None,
         eta: float = 0.0,
         guidance_rescale: float = 0.0,
+        guidance_cutoff: float = DEFAULTS.guidance_cutoff,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -74,7 +75,8 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         generator: one, or one per result to make each result reproducible on its own.
         reconstruction: 'none', 'pixel' (with `feather`), 'poisson', 'latent' or 'decoder' (with
         `reconstruction_steps`, `reconstruction_background_weight`, `reconstruction_crop`). scorer: a
-        bld.ranking.ClipScorer to sort results best first.
+        bld.ranking.ClipScorer to sort results best first. guidance_cutoff: the share of the kept steps
+        that use guidance (1 = all); the rest make one UNet pass per result instead of two.
         As in diffusers: prompt_embeds / negative_prompt_embeds instead of the prompts, cross_attention_kwargs
         (e.g. {"scale": 0.7} for a LoRA), eta (DDIM), guidance_rescale, clip_skip, and callback_on_step_end
         (a function or a diffusers PipelineCallback such as SDCFGCutoffCallback) with
@@ -89,7 +91,7 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
             height=height, width=width, latent_mask_mode=latent_mask_mode, background_noise=background_noise,
             mask_dilation_iterations=mask_dilation_iterations, reconstruction=reconstruction, feather=feather,
             reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop,
-            reconstruction_background_weight=reconstruction_background_weight)
+            reconstruction_background_weight=reconstruction_background_weight, guidance_cutoff=guidance_cutoff)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 
@@ -126,7 +128,8 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
                                        fresh_noise=background_noise == "fresh",
                                        mask_dilation_iterations=mask_dilation_iterations,
                                        callback_on_step_end=callback_on_step_end, eta=eta,
-                                       callback_tensors=conditioning, callback_tensor_inputs=tensor_inputs)
+                                       callback_tensors=conditioning, callback_tensor_inputs=tensor_inputs,
+                                       guidance_cutoff=guidance_cutoff)
 
         # 7. Decode, reconstruct the background, restore the input's size, rank
         finishing = Finishing(reconstruction, feather, reconstruction_steps, reconstruction_crop, scorer,

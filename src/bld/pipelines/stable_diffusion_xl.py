@@ -55,6 +55,7 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
         clip_skip: int | None = None,
         eta: float = 0.0,
         guidance_rescale: float = 0.0,
+        guidance_cutoff: float = DEFAULTS.guidance_cutoff,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
@@ -71,7 +72,7 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
             height=height, width=width, latent_mask_mode=latent_mask_mode, background_noise=background_noise,
             mask_dilation_iterations=mask_dilation_iterations, reconstruction=reconstruction, feather=feather,
             reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop,
-            reconstruction_background_weight=reconstruction_background_weight)
+            reconstruction_background_weight=reconstruction_background_weight, guidance_cutoff=guidance_cutoff)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 
@@ -121,7 +122,8 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
                                        fresh_noise=background_noise == "fresh",
                                        mask_dilation_iterations=mask_dilation_iterations,
                                        callback_on_step_end=callback_on_step_end, eta=eta,
-                                       callback_tensors=conditioning, callback_tensor_inputs=tensor_inputs)
+                                       callback_tensors=conditioning, callback_tensor_inputs=tensor_inputs,
+                                       guidance_cutoff=guidance_cutoff)
 
         # 8. Decode, reconstruct the background, restore the input's size, rank
         finishing = Finishing(reconstruction, feather, reconstruction_steps, reconstruction_crop, scorer,

@@ -190,6 +190,8 @@ def parse_args(argv=None):
                    help="diffusion steps of edits (default: the model's recommended number, else 50)")
     p.add_argument("--guidance", type=float, default=None,
                    help="guidance scale of edits (default: the model's recommended one, else 7.5)")
+    p.add_argument("--guidance-cutoff", type=float, default=None,
+                   help="share of the kept steps with guidance (default: the model's recommended one, else 1)")
     p.add_argument("--skip-fraction", type=float, default=None,
                    help="skipped fraction of the schedule (default: the model's recommended one, else 0.25)")
     p.add_argument("--background-noise", choices=get_args(BackgroundNoise), default=None,
@@ -223,6 +225,7 @@ def main(argv=None) -> None:
                                                                  args.t2i_guidance)
         t2i_sheet(samples).save(args.out / "t2i.png")
     given = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "skip_fraction": args.skip_fraction,
+             "guidance_cutoff": args.guidance_cutoff,
              "background_noise": args.background_noise, "latent_mask_mode": args.latent_mask_mode,
              "reconstruction_background_weight": args.background_weight}
     recommended = {} if args.paper_settings else model_edit_defaults(model)
