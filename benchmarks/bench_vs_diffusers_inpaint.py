@@ -80,7 +80,7 @@ def main() -> None:
                   output_type="np")
 
     def run_ours():
-        return ours("a red car", image, mask, skip_fraction=0.25, latent_mask_mode="nearest",
+        return ours("a red car", image, mask, skip_fraction=0.25, latent_mask_mode="top-left",
                     generator=torch.Generator().manual_seed(0), **common).images
 
     def run_theirs():
