@@ -274,3 +274,24 @@ def test_reconstruct_decoder_loads_only_the_vae(files, capsys, monkeypatch):
                          "--method", "decoder", "--steps", "3", "--json")
     assert code == 0, err
     assert json.loads(out)["outputs"][0]["path"] == str(folder / "fixed.png")
+
+
+@pytest.mark.parametrize("case", ["missing image", "empty mask", "other aspect"])
+def test_bad_files_are_reported_before_torch_or_a_model_loads(tmp_path, case):
+    """A bad file must not wait for torch, diffusers and the model (seconds) to be told."""
+    import subprocess
+    import sys
+
+    make_image().save(tmp_path / "image.png")
+    mask = {"missing image": make_mask(), "empty mask": PIL.Image.new("L", (64, 64)),
+            "other aspect": PIL.Image.new("L", (64, 32), 255)}[case]
+    mask.save(tmp_path / "mask.png")
+    image = tmp_path / ("absent.png" if case == "missing image" else "image.png")
+    code = ("import sys; from bld.apps.cli import main; code = main(sys.argv[1:]); "
+            "print([m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code, "edit", str(image), str(tmp_path / "mask.png"), "a red star",
+                             "-o", str(tmp_path / "out.png")], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("bld: error:")
+    assert "''" not in result.stderr and '"\'' not in result.stderr  # no doubled quotes

@@ -241,6 +241,18 @@ def check_edit_size(image, params: EditParams) -> None:
                          f"size; the result is resized back")
 
 
+def check_mask_region(mask, invert: bool) -> None:
+    """The mask must leave something to edit and something to keep."""
+    region = np.asarray(mask.convert("L")) >= 128
+    region = ~region if invert else region
+    inverted = " (the mask was inverted)" if invert else ""
+    if not region.any():
+        raise InputError(f"mask is empty: nothing to edit; paint the region to change in white{inverted}")
+    if region.all():
+        raise InputError(f"mask covers the whole image: nothing would be kept; paint only the region to change"
+                         f"{inverted}")
+
+
 def load_for_args(args, params: EditParams):
     """The pipeline, the model's name, the CLIP scorer for ranking (None when ranking is off or unavailable),
     and the params with the model's default guidance filled in, so that results record it."""
@@ -280,17 +292,22 @@ def show_library_notices() -> None:
 
 
 def run_edit_command(args: argparse.Namespace) -> dict:
-    from ..editing import result_metadata, run_edit, with_seed
-    from ..image_io import check_same_aspect, load_image, load_mask, save_png_atomic
-    from ..loading import BUNDLED_MODEL_DIR, TINY_RANDOM
-    from ..model_defaults import model_edit_defaults
+    from ..image_io import check_same_aspect, load_image, load_mask
+    from ..model_defaults import BUNDLED_MODEL_DIR, TINY_RANDOM, model_edit_defaults
 
-    params = with_seed(params_from_args(args, model_edit_defaults(args.model)))
+    # every check on the files and parameters comes before torch and the model are loaded
+    params = params_from_args(args, model_edit_defaults(args.model))
     paths = output_paths(args.output, params.num_images, args.overwrite)
     image = load_image(args.image, max_pixels=MAX_PIXELS)
-    mask = check_same_aspect(image, load_mask(args.mask, max_pixels=MAX_PIXELS),
-                             image_name=repr(args.image), mask_name=repr(args.mask))
+    mask = check_same_aspect(image, load_mask(args.mask, max_pixels=MAX_PIXELS), image_name=args.image,
+                             mask_name=args.mask)
     check_edit_size(image, params)
+    check_mask_region(mask, params.invert_mask)
+
+    from ..editing import result_metadata, run_edit, with_seed
+    from ..image_io import save_png_atomic
+
+    params = with_seed(params)
     start = time.perf_counter()
     pipe, model, scorer, params = load_for_args(args, params)
     if model == TINY_RANDOM:
@@ -361,10 +378,7 @@ def run_serve_command(args: argparse.Namespace) -> dict:
 
 
 def run_reconstruct_command(args: argparse.Namespace) -> dict:
-    from ..editing import edit_region, json_safe
-    from ..image_io import check_same_aspect, load_image, load_mask, save_png_atomic
-    from ..ops.metrics import compute_metrics
-    from ..ops.reconstruction import reconstruct_images
+    from ..image_io import check_same_aspect, load_image, load_mask
     from ..params import check_range
 
     check_range("--feather", args.feather, 0, 64)
@@ -372,13 +386,18 @@ def run_reconstruct_command(args: argparse.Namespace) -> dict:
     check_range("--background-weight", args.background_weight, 0, 10000)
     paths = output_paths(args.output, len(args.results), args.overwrite)
     original = load_image(args.original)
-    mask = check_same_aspect(original, load_mask(args.mask), image_name=repr(args.original),
-                             mask_name=repr(args.mask))
+    mask = check_same_aspect(original, load_mask(args.mask), image_name=args.original, mask_name=args.mask)
     results = [load_image(r) for r in args.results]
     for name, result in zip(args.results, results):
         if result.size != original.size:
-            raise InputError(f"result {name!r} is {result.width}x{result.height} but the original is "
+            raise InputError(f"result '{name}' is {result.width}x{result.height} but the original is "
                              f"{original.width}x{original.height}: they must have the same size")
+
+    from ..editing import edit_region, json_safe
+    from ..image_io import save_png_atomic
+    from ..ops.metrics import compute_metrics
+    from ..ops.reconstruction import reconstruct_images
+
     region = edit_region(mask, args.invert_mask)
     if not region.any() or region.all():
         raise InputError("the mask is empty or covers the whole image: there is no background to reconstruct")

@@ -12,7 +12,7 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import LMSDiscreteScheduler, PNDMScheduler
+from diffusers import PNDMScheduler
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
@@ -135,7 +135,8 @@ def _step_kwargs(scheduler, index: int) -> dict:
     """LMS takes its multistep order from its absolute step index, so entered part-way through its schedule
     it would weigh history it does not have: give it the order (at most its default 4) that `index` steps
     of history allow."""
-    return {"order": min(index + 1, LMS_ORDER)} if isinstance(scheduler, LMSDiscreteScheduler) else {}
+    is_lms = any(cls.__name__ == "LMSDiscreteScheduler" for cls in type(scheduler).__mro__)  # importing it costs 1 s
+    return {"order": min(index + 1, LMS_ORDER)} if is_lms else {}
 
 
 class BlendedLatentMixin:
