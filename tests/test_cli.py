@@ -295,3 +295,18 @@ def test_bad_files_are_reported_before_torch_or_a_model_loads(tmp_path, case):
     assert result.stdout.strip() == "[]", result.stdout
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("bld: error:")
     assert "''" not in result.stderr and '"\'' not in result.stderr  # no doubled quotes
+
+
+def test_libraries_are_quiet_unless_verbose(files):
+    """No loading bars or library warnings by default (a subprocess: the libraries read their settings at
+    import); --verbose shows them."""
+    import subprocess
+    import sys
+
+    folder, image, mask = files
+    command = [sys.executable, "-m", "bld", "edit", image, mask, "a red star", "--steps", "2", "--num-results", "1"]
+    quiet = subprocess.run(command + ["-o", str(folder / "q.png")], capture_output=True, text=True)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "Loading" not in quiet.stderr and "torchvision" not in quiet.stderr, quiet.stderr
+    verbose = subprocess.run(command + ["-o", str(folder / "v.png"), "--verbose"], capture_output=True, text=True)
+    assert verbose.returncode == 0 and "Loading pipeline components" in verbose.stderr

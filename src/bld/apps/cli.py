@@ -92,6 +92,12 @@ def add_runtime_flags(parser: argparse.ArgumentParser, gpu_options: bool = True)
                              "ranks the results; default: the bundled model's")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_verbose_flag(parser)
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the libraries' loading bars and warnings")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     rec.add_argument("--overwrite", action="store_true", help="replace existing output files")
     rec.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_verbose_flag(rec)
 
     demo = sub.add_parser("demo", help="edit a built-in scene and write a grid image you can look at")
     demo.add_argument("-o", "--output", default="bld-demo", help="folder for the results (default: bld-demo)")
@@ -207,6 +214,7 @@ def run_eval_command(args: argparse.Namespace) -> dict:
         overrides["baselines"] = False
     config = EvalConfig.quick(**overrides) if args.quick else EvalConfig(**overrides)
     check_output_folder(args.output, args.overwrite)
+    quiet_loading(args)
     if args.threads is not None:
         import torch
 
@@ -259,6 +267,7 @@ def load_for_args(args, params: EditParams):
     from ..loading import default_model, load_pipeline, load_scorer
 
     model = args.model or default_model()
+    quiet_loading(args)
     pipe = load_pipeline(model, device=args.device, dtype=args.dtype, scheduler=params.scheduler,
                          compile=args.compile, channels_last=args.channels_last)
     pipe.set_progress_bar_config(file=sys.stderr, leave=False)
@@ -371,6 +380,7 @@ def run_serve_command(args: argparse.Namespace) -> dict:
     if model == TINY_RANDOM:
         notice("serving tiny random components (results are noise)"
                + ("" if args.model else ": no model given and no bundled model installed"))
+    quiet_loading(args)
     serve(model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, clip_model=args.clip_model,
           compile=args.compile, channels_last=args.channels_last,
           on_ready=lambda url: notice(f"serving on {url} (Ctrl-C to stop)"))
@@ -406,6 +416,7 @@ def run_reconstruct_command(args: argparse.Namespace) -> dict:
     if args.method in ("latent", "decoder"):
         from ..loading import load_vae
 
+        quiet_loading(args)
         vae = load_vae(args.model, device=args.device)
     region_image = PIL.Image.fromarray(region.astype(np.uint8) * 255)
     restored = reconstruct_images(args.method, original, results, region_image, vae=vae, feather=args.feather,
@@ -432,13 +443,31 @@ def png_metadata_or_empty(path: str) -> dict[str, str]:
         return {}
 
 
-def main(argv: list[str] | None = None) -> int:
+def quiet_libraries() -> None:
+    """No loading bars, advice or warnings from diffusers, transformers and the Hub (before they are imported);
+    bld's own progress bars and notices stay."""
     for library in ("TRANSFORMERS", "DIFFUSERS", "HF_HUB"):
         os.environ.setdefault(f"{library}_VERBOSITY", "error")
-    if not os.environ.get("BLD_DEBUG"):
-        warnings.filterwarnings("ignore")  # library chatter; errors still get their one line
-    show_library_notices()
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars follow the Hub's
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore")
+
+
+def quiet_loading(args: argparse.Namespace) -> None:
+    """diffusers' "Loading pipeline components" bar has no variable to turn it off: done here, just before
+    a model loads (importing diffusers earlier would slow --help and bad-input errors)."""
+    if not getattr(args, "verbose", False):
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False) or bool(os.environ.get("BLD_DEBUG"))
+    if not verbose:
+        quiet_libraries()
+    show_library_notices()
     command = {"edit": run_edit_command, "demo": run_demo_command, "reconstruct": run_reconstruct_command,
                "serve": run_serve_command, "eval": run_eval_command}[args.command]
     try:
