@@ -110,6 +110,22 @@ def test_local_model_folder_is_loaded(files, capsys, sd_pipe):
     code, out, _ = run(capsys, "edit", image, mask, "x", "-o", folder / "m.png", "--model", folder / "model",
                        "--steps", "4", "--num-results", "1", "--json")
     assert code == 0 and json.loads(out)["model"] == str(folder / "model")
+    record = json.loads(read_png_metadata(folder / "m.png")["bld"])
+    assert record["model"] == "model"  # the folder's name, not the user's path
+
+
+def test_results_carry_automatic1111_parameters_and_no_comfyui_prompt_chunk(files, capsys):
+    folder, image, mask = files
+    code, _, _ = run(capsys, "edit", image, mask, "a red star", "-o", folder / "p.png", "--steps", "4",
+                     "--num-results", "1", "--seed", "9", "--negative-prompt", "blue", "--guidance", "6")
+    assert code == 0
+    chunks = read_png_metadata(folder / "p.png")
+    assert "prompt" not in chunks  # ComfyUI reads a `prompt` chunk as its workflow
+    lines = chunks["parameters"].splitlines()
+    assert lines[0] == "a red star" and lines[1] == "Negative prompt: blue"
+    settings = dict(item.split(": ", 1) for item in lines[2].split(", "))
+    assert settings["Steps"] == "4" and settings["Seed"] == "9" and settings["CFG scale"] == "6.0"
+    assert settings["Model"] == "bld-bundled" and settings["Version"].startswith("bld ")
 
 
 def test_a_model_folders_recommended_defaults_apply_unless_flags_are_given(files, capsys, sd_pipe):
@@ -310,3 +326,9 @@ def test_libraries_are_quiet_unless_verbose(files):
     assert "Loading" not in quiet.stderr and "torchvision" not in quiet.stderr, quiet.stderr
     verbose = subprocess.run(command + ["-o", str(folder / "v.png"), "--verbose"], capture_output=True, text=True)
     assert verbose.returncode == 0 and "Loading pipeline components" in verbose.stderr
+
+
+def test_serve_offers_only_flags_that_mean_something_there(capsys):
+    code, out, _ = run(capsys, "serve", "--help")
+    assert code == 0 and "--port" in out
+    assert "--overwrite" not in out and "--json" not in out

@@ -7,6 +7,7 @@ import json
 import math
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -78,11 +79,44 @@ def edit_region(mask: PIL.Image.Image, invert: bool) -> np.ndarray:
 
 
 def result_metadata(params: EditParams, result: EditResult, model: str) -> dict[str, str]:
-    """PNG text chunks: the full parameters with this result's own seed, the model and the bld version."""
+    """PNG text chunks: `bld`, the full parameters with this result's own seed, the model's name and the bld
+    version (what remakes the result), and `parameters`, the same in the text that AUTOMATIC1111, ComfyUI's
+    readers and image browsers show. No `prompt` chunk: ComfyUI reads one as its own workflow."""
     own = dataclasses.replace(params, seed=result.seed, num_images=1)
-    record = {"params": own.to_dict(), "batch_seed": params.seed, "index": result.index, "model": model,
+    name = model_name(model)
+    record = {"params": own.to_dict(), "batch_seed": params.seed, "index": result.index, "model": name,
               "score": result.score, "metrics": result.metrics, "bld_version": __version__}
-    return {METADATA_KEY: json.dumps(json_safe(record), sort_keys=True), "prompt": params.prompt}
+    return {METADATA_KEY: json.dumps(json_safe(record), sort_keys=True), "parameters": a1111_parameters(own, name)}
+
+
+def model_name(model: str) -> str:
+    """How a result names its model: a Hub id as given, a local folder by its name (not the user's path),
+    the bundled model as 'bld-bundled'."""
+    from .model_defaults import BUNDLED_MODEL_DIR
+
+    path = Path(model)
+    if path.is_dir():
+        return "bld-bundled" if path.resolve() == BUNDLED_MODEL_DIR.resolve() else path.resolve().name
+    return model
+
+
+def a1111_parameters(params: EditParams, model: str) -> str:
+    """The settings as AUTOMATIC1111 writes them: prompt, 'Negative prompt: ...', then 'Key: value, ...'.
+    Denoising strength is the kept share of the schedule (1 - skip_fraction), as in img2img."""
+    settings = {
+        "Steps": params.num_inference_steps, "Sampler": params.scheduler,
+        "CFG scale": params.guidance_scale, "Seed": params.seed,
+        "Size": f"{params.width}x{params.height}" if params.width and params.height else None,
+        "Model": model, "Denoising strength": round(1 - params.skip_fraction, 4),
+        "Mask mode": "Inpaint not masked" if params.invert_mask else None,
+        "Blended latent mask": params.latent_mask_mode, "Reconstruction": params.reconstruction,
+        "Version": f"bld {__version__}",
+    }
+    lines = [params.prompt]
+    if params.negative_prompt:
+        lines.append(f"Negative prompt: {params.negative_prompt}")
+    lines.append(", ".join(f"{key}: {value}" for key, value in settings.items() if value is not None))
+    return "\n".join(lines)
 
 
 def json_safe(value):

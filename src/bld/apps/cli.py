@@ -75,7 +75,7 @@ def params_from_args(args: argparse.Namespace, model_defaults: dict | None = Non
     return EditParams.from_dict({**(model_defaults or {}), **given})
 
 
-def add_runtime_flags(parser: argparse.ArgumentParser, gpu_options: bool = True) -> None:
+def add_runtime_flags(parser: argparse.ArgumentParser, gpu_options: bool = True, outputs: bool = True) -> None:
     parser.add_argument("--model", default=None,
                         help="diffusers model folder or Hugging Face Hub id (SD 1.x/2.x or SDXL). Default: the "
                              "bundled model, which draws a 64 px world of colored shapes (README, 'The bundled "
@@ -90,8 +90,9 @@ def add_runtime_flags(parser: argparse.ArgumentParser, gpu_options: bool = True)
     parser.add_argument("--clip-model", default=None,
                         help="CLIP model (transformers folder or Hub id, e.g. openai/clip-vit-base-patch16) that "
                              "ranks the results; default: the bundled model's")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    if outputs:
+        parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+        parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     add_verbose_flag(parser)
 
 
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "queue on it. Open the printed URL in a browser.")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    add_runtime_flags(serve)
+    add_runtime_flags(serve, outputs=False)
 
     add_eval_parser(sub)
     return parser
@@ -480,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bld: interrupted; nothing was written for unfinished results", file=sys.stderr)
         return 130
-    if args.json:
+    if getattr(args, "json", False):
         print(json.dumps(summary))
     else:
         for output in summary["outputs"]:
