@@ -332,3 +332,26 @@ def test_serve_offers_only_flags_that_mean_something_there(capsys):
     code, out, _ = run(capsys, "serve", "--help")
     assert code == 0 and "--port" in out
     assert "--overwrite" not in out and "--json" not in out
+
+
+def test_a_word_the_bundled_model_does_not_know_is_named(files, capsys):
+    folder, image, mask = files
+    code, _, err = run(capsys, "edit", image, mask, "a dog", "-o", folder / "dog.png", "--steps", "2",
+                       "--num-results", "1")
+    assert code == 0
+    line = next(line for line in err.splitlines() if "does not know" in line)
+    assert "'dog'" in line and "'a'" not in line.split("it knows")[0] and " star " in line
+    code, _, err = run(capsys, "edit", image, mask, "a red star", "-o", folder / "star.png", "--steps", "2",
+                       "--num-results", "1")
+    assert code == 0 and "does not know" not in err
+
+
+def test_a_general_tokenizer_knows_every_word(sd_pipe):
+    from bld.editing import unknown_words
+
+    class Big:
+        def __len__(self):
+            return 49_408
+
+    assert unknown_words(Big(), "a dog") == ([], [])
+    assert unknown_words(None, "a dog") == ([], [])

@@ -72,6 +72,23 @@ def run_edit(pipe, image, mask, params: EditParams, scorer=None, callback_on_ste
             for img, k, score in zip(output.images, order, scores)]
 
 
+GENERAL_VOCABULARY = 10_000
+"""A tokenizer with more tokens than this (CLIP's has 49,408) spells any word from pieces: no word is unknown."""
+
+
+def unknown_words(tokenizer, prompt: str) -> tuple[list[str], list[str]]:
+    """(the prompt's words a small word-level tokenizer has no token for, the words it has), or ([], []) for
+    a general-purpose tokenizer. The bundled model's tokenizer knows its caption grammar only; another word is
+    spelled from fragments the model never learned, and the edit draws something else without a word."""
+    if tokenizer is None or len(tokenizer) > GENERAL_VOCABULARY:
+        return [], []
+    words = [w.strip(".,;:!?\"'()").lower() for w in prompt.split()]
+    unknown = [w for w in dict.fromkeys(words) if w and len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
+    known = sorted({token[:-4] for token in tokenizer.get_vocab()  # whole words; single letters are byte fallbacks
+                    if token.endswith("</w>") and token[:-4].isalpha() and len(token) > 5})
+    return unknown, known
+
+
 def edit_region(mask: PIL.Image.Image, invert: bool) -> np.ndarray:
     """The region actually edited, as a boolean (H, W) array: the mask thresholded at half, inverted if asked."""
     region = np.asarray(mask.convert("L")) >= 128

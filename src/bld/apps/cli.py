@@ -280,6 +280,16 @@ def load_for_args(args, params: EditParams):
     return pipe, model, scorer, params
 
 
+def warn_unknown_words(pipe, params: EditParams) -> None:
+    from ..editing import unknown_words
+
+    for text, flag in ((params.prompt, "prompt"), (params.negative_prompt or "", "negative prompt")):
+        unknown, known = unknown_words(getattr(pipe, "tokenizer", None), text)
+        if unknown:
+            notice(f"the model does not know {', '.join(repr(w) for w in unknown)} in the {flag} and will draw "
+                   f"something else; it knows: {' '.join(known)}")
+
+
 def summarize(results, paths) -> list[dict]:
     from ..editing import json_safe
 
@@ -325,6 +335,7 @@ def run_edit_command(args: argparse.Namespace) -> dict:
     elif model == str(BUNDLED_MODEL_DIR) and image.size != (64, 64):
         notice("the bundled model knows only its 64 px world of shapes: for photos pass --model with Stable "
                "Diffusion weights (a Hub id or a diffusers folder)")
+    warn_unknown_words(pipe, params)
     results = run_edit(pipe, image, mask, params, scorer=scorer)
     for result, path in zip(results, paths):
         save_png_atomic(result.image, path, metadata=result_metadata(params, result, model),

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from ..editing import edit_region, result_metadata, run_edit, with_seed
+from ..editing import edit_region, result_metadata, run_edit, unknown_words, with_seed
 from ..image_io import (
     MAX_EDIT_PIXELS,
     MAX_PIXELS,
@@ -341,6 +341,10 @@ class WebEditor:
                   else "in generation order (ranking off)")
         outcome.message = (f"**Done:** {len(results)} result{'s' * (len(results) != 1)} in {seconds:.1f} s, {ranked}. "
                            f"Seed {params.seed}: result k used seed + k. Each PNG carries its parameters.")
+        unknown, known = unknown_words(getattr(self.pipe, "tokenizer", None), params.prompt)
+        if unknown:
+            outcome.message += (f"\n\n**Note:** the model does not know {', '.join(repr(w) for w in unknown)}, so "
+                                f"it drew something else. It knows: {' '.join(known)}.")
         return outcome
 
     def _request_folder(self) -> Path:
