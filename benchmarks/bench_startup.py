@@ -1,8 +1,8 @@
 """Start-up time of the `bld` command: help, a bad-input error, the edit path's imports, and the demo.
 
 Each figure is the median of fresh processes (warm file cache: one untimed run first). Side by side with
-bld's imports is the floor its dependencies set: importing torch, diffusers' Stable Diffusion pipeline and
-transformers' CLIP, which any edit needs. Prints a table and one JSON line.
+bld's imports is the floor its dependencies set: importing diffusers' StableDiffusionPipeline (torch,
+diffusers, transformers' CLIP text model), which any edit needs. Prints a table and one JSON line.
 
     python benchmarks/bench_startup.py            # about a minute on 2 CPU cores
     python benchmarks/bench_startup.py --runs 5
@@ -21,8 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DEPENDENCY_FLOOR = ("import torch, diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion, "
-                    "transformers.models.clip.modeling_clip")
+DEPENDENCY_FLOOR = "from diffusers import StableDiffusionPipeline"  # what any diffusers SD edit imports
 
 
 def seconds(command: list[str], runs: int, expect: int = 0) -> list[float]:
