@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from ..editing import edit_region, result_metadata, run_edit, unknown_words, with_seed
+from ..editing import edit_region, json_safe, result_metadata, run_edit, unknown_words, with_seed
 from ..image_io import (
     MAX_EDIT_PIXELS,
     MAX_PIXELS,
@@ -76,6 +76,7 @@ class EditOutcome:
     table: list[list[Any]] = dataclasses.field(default_factory=list)
     files: list[str] = dataclasses.field(default_factory=list)
     params: EditParams | None = None
+    results: list[dict] = dataclasses.field(default_factory=list)  # best first: file, seed, score, metrics
 
 
 TABLE_HEADERS = ["rank", "seed", "text match", "background PSNR", "background SSIM", "edge ΔE", "file"]
@@ -294,6 +295,29 @@ class WebEditor:
         finally:
             self._finish_session(session, cancel)
 
+    def edit_files(self, image_path: str, mask_path: str, prompt: str, negative_prompt: str = "",
+                   parameters: dict[str, Any] | None = None, *, max_mb: float = MAX_UPLOAD_MB) -> EditOutcome:
+        """One edit from files, for the HTTP API: the image, the mask (white = change), the prompts and any
+        EditParams fields by name (the model's recommended values, then EditParams' defaults, fill the rest).
+        Unknown parameter names are refused by name; every other check is the page's."""
+        parameters = dict(parameters or {})
+        known = {f.name for f in dataclasses.fields(EditParams)} - set(TEXT_FIELDS)
+        unknown = sorted(set(parameters) - known)
+        if unknown:
+            return EditOutcome(message=error_message(f"unknown parameter(s) {', '.join(unknown)}; known: "
+                                                     f"{', '.join(sorted(known))}"))
+        try:
+            image = load_source(image_path, max_mb=max_mb)
+            check_upload(mask_path, "mask", max_mb)
+            try:
+                mask = check_same_aspect(image, load_mask(mask_path), image_name="image", mask_name="mask")
+            except InputError as exc:
+                raise _rename_in_message(exc, mask_path) from None
+        except InputError as exc:
+            return EditOutcome(message=error_message(exc))
+        values = {**model_edit_defaults(self.model or None), **parameters}
+        return self.edit(image, mask, prompt, negative_prompt, values)
+
     def _run(self, image, mask_image, params: EditParams, progress: ProgressFn,
              cancel: threading.Event) -> EditOutcome:
         from ..ops.blending import num_skipped_steps
@@ -335,6 +359,8 @@ class WebEditor:
             outcome.files.append(str(path))
             outcome.table.append([rank, result.seed, _fmt(result.score, 4), _fmt(m.get("background_psnr"), 2),
                                   _fmt(m.get("background_ssim"), 4), _fmt(m.get("edge_delta_e"), 3), path.name])
+            outcome.results.append(json_safe({"file": path.name, "rank": rank, "seed": result.seed,
+                                              "score": result.score, "metrics": result.metrics}))
         seconds = time.perf_counter() - start
         ranked = ("best first by text match inside the mask" if self.scorer is not None and params.rank
                   else "in generation order (not ranked: no CLIP model)" if params.rank
@@ -395,6 +421,7 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
     Returns the gr.Blocks; its `.bld_editor` is the WebEditor that runs the requests.
     """
     import gradio as gr
+    from gradio import FileData
 
     from ..loading import TINY_RANDOM
 
@@ -492,6 +519,22 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
         submit_event = prompt.submit(on_edit, inputs, [gallery, table, downloads, status], api_visibility="private",
                                      concurrency_limit=1, concurrency_id="model")
         stop.click(on_stop, None, status, cancels=[edit_event, submit_event], queue=False, api_visibility="private")
+
+        def edit_files(image: FileData, mask: FileData, prompt: str, negative_prompt: str = "",
+                       parameters: dict | None = None) -> tuple[list[FileData], dict]:
+            """Edit `image` inside `mask` (white = change) to follow `prompt`, in one call. `parameters`: any
+            edit parameters by name, e.g. {"num_images": 2, "seed": 7, "num_inference_steps": 30}. Returns the
+            result PNGs best first (each carries its parameters) and a JSON record: per result its file,
+            seed, score and metrics, and the parameters used."""
+            outcome = editor.edit_files(image["path"], mask["path"], prompt, negative_prompt, parameters,
+                                        max_mb=max_upload_mb)
+            if not outcome.ok:
+                raise gr.Error(outcome.message.removeprefix("**Error:** "))
+            record = {"results": outcome.results, "params": outcome.params.to_dict(), "model": model,
+                      "message": outcome.message}
+            return [FileData(path=path) for path in outcome.files], json_safe(record)
+
+        gr.api(edit_files, api_name="edit_files", concurrency_limit=1, concurrency_id="model")
     app.bld_editor = editor
     app.bld_max_upload_mb = max_upload_mb
     return app
