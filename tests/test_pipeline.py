@@ -219,17 +219,32 @@ def test_ranking_sorts_best_first_and_reports_the_batch_order(sd_pipe, image, ma
 
 
 @pytest.mark.parametrize("method", ["pixel", "poisson", "latent", "decoder"])
-def test_reconstruction_runs_inline(sd_pipe, image, mask, method):
+def test_every_reconstruction_keeps_the_input_outside_the_mask(sd_pipe, image, mask, method):
     out = edit(sd_pipe, image, mask, output_type="np", reconstruction=method, reconstruction_steps=2)
     original = np.asarray(image, dtype=np.float32) / 255
     outside = np.asarray(mask) < 128
-    error = np.abs(out[0] - original)[outside].mean()
+    assert np.abs(out[0] - original)[outside].max() < 1e-6  # the input's pixels (up to uint8 -> float)
+
+
+@pytest.mark.parametrize("method", ["latent", "decoder"])
+def test_the_raw_decoding_is_kept_when_asked(sd_pipe, image, mask, method):
+    out = edit(sd_pipe, image, mask, output_type="np", reconstruction=method, reconstruction_steps=2,
+               paste_outside=False)
     raw = edit(sd_pipe, image, mask, output_type="np", reconstruction="none")
-    raw_error = np.abs(raw[0] - original)[outside].mean()
-    if method == "pixel":
-        assert error < 1e-6  # the original's pixels (up to the uint8 -> float conversion)
-    else:
-        assert error < raw_error
+    original = np.asarray(image, dtype=np.float32) / 255
+    outside = np.asarray(mask) < 128
+    error, raw_error = (np.abs(x[0] - original)[outside].mean() for x in (out, raw))
+    assert 0 < error < raw_error
+
+
+def test_a_downscaled_edit_leaves_the_rest_of_the_image_untouched(sd_pipe):
+    """Edited at 32 px and resized back: outside the mask not one pixel of the 96 px input changes."""
+    image, mask = make_image((96, 96), seed=3), make_mask((96, 96), box=(30, 30, 60, 66))
+    out = sd_pipe("a red star", image, mask, num_inference_steps=STEPS, num_images_per_prompt=1, generator=gen(0),
+                  width=32, reconstruction="decoder", reconstruction_steps=2).images[0]
+    outside = np.asarray(mask) < 128
+    assert np.array_equal(np.asarray(out)[outside], np.asarray(image)[outside])
+    assert not np.array_equal(np.asarray(out)[~outside], np.asarray(image)[~outside])
 
 
 def test_background_weight_reaches_the_reconstruction(sd_pipe, image, mask, monkeypatch):
@@ -238,7 +253,8 @@ def test_background_weight_reaches_the_reconstruction(sd_pipe, image, mask, monk
     seen = []
     real = bld.pipelines.blended.reconstruct_background
     monkeypatch.setattr(bld.pipelines.blended, "reconstruct_background",
-                        lambda *a, **kw: seen.append(kw.get("background_weight")) or real(*a, **kw))
+                        lambda *a, **kw: (a[0] == "decoder" and seen.append(kw.get("background_weight")))
+                        or real(*a, **kw))
     edit(sd_pipe, image, mask, reconstruction="decoder", reconstruction_steps=1, reconstruction_background_weight=7.0)
     edit(sd_pipe, image, mask, reconstruction="decoder", reconstruction_steps=1)
     assert seen == [7.0, 100.0]

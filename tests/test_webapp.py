@@ -261,7 +261,9 @@ def test_edit_event_queues_on_one_model_and_can_be_cancelled(pipe, tmp_path):
     assert len(edits) == 2
     for fn in edits.values():
         assert fn.concurrency_limit == 1 and fn.concurrency_id == edit.concurrency_id and fn.queue
-    others = [fn for fn in app.fns.values() if fn.fn is not edit.fn]
+    api = next(fn for fn in app.fns.values() if fn.api_name == "edit_files")  # the HTTP API queues with them
+    assert api.concurrency_limit == 1 and api.concurrency_id == edit.concurrency_id
+    others = [fn for fn in app.fns.values() if fn.fn is not edit.fn and fn is not api]
     assert all(fn.concurrency_id != edit.concurrency_id for fn in others)  # uploads do not wait for edits
     cancelling = [d for d in app.get_config_file()["dependencies"] if d["cancels"]]
     assert len(cancelling) == 1 and sorted(cancelling[0]["cancels"]) == sorted(edits)

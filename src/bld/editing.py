@@ -60,7 +60,7 @@ def run_edit(pipe, image, mask, params: EditParams, scorer=None, callback_on_ste
         latent_mask_mode=params.latent_mask_mode, background_noise=params.background_noise,
         mask_dilation_iterations=params.mask_dilation_iterations, reconstruction=params.reconstruction,
         feather=params.feather, reconstruction_steps=params.reconstruction_steps,
-        reconstruction_crop=params.reconstruction_crop,
+        reconstruction_crop=params.reconstruction_crop, paste_outside=params.paste_outside,
         reconstruction_background_weight=params.reconstruction_background_weight, scorer=scorer,
         callback_on_step_end=callback_on_step_end,
     )

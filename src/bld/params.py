@@ -74,7 +74,8 @@ class EditParams:
         "outside the mask); poisson (seamless cloning); latent (optimize the latent); decoder (fine-tune the "
         "VAE decoder per image, the paper's method, slowest).",
         choices=("none", "pixel", "poisson", "latent", "decoder"))
-    feather: int = _param(0, "With pixel reconstruction: blend over this many pixels inside the mask's edge.",
+    feather: int = _param(0, "Blend the edit into the input over this many pixels inside the mask's edge (pixel "
+                          "reconstruction, and the paste after latent or decoder reconstruction).",
                           low=0, high=64)
     reconstruction_steps: int = _param(75, "Optimization steps of latent and decoder reconstruction.",
                                        low=1, high=2000)
@@ -82,6 +83,9 @@ class EditParams:
         100.0, "Latent/decoder reconstruction: weight of the background term of the loss (the paper's 100); a "
         "lower one keeps the edited region closer to its first decoding.", low=0.0, high=10000.0,
         flag="--background-weight")
+    paste_outside: bool = _param(
+        True, "After latent or decoder reconstruction, put the input's own pixels back outside the mask, so the "
+        "rest of the image is exactly the input; off: the raw decoding everywhere (the paper's).")
     reconstruction_crop: bool = _param(
         False, "Run latent/decoder reconstruction on a crop around the mask: cost follows the edited area.")
     rank: bool = _param(True, "Sort results best first by CLIP text match inside the mask (needs a CLIP model).")

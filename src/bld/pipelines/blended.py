@@ -66,6 +66,7 @@ class Finishing:
     reconstruction_crop: bool = False
     scorer: Any = None  # a bld.ranking.ClipScorer, or None for no ranking
     reconstruction_background_weight: float = 100.0
+    paste_outside: bool = True  # after latent / decoder: the input's own pixels outside the mask
 
 
 def image_size(image: Any) -> tuple[int, int]:
@@ -397,8 +398,10 @@ class BlendedLatentMixin:
         if prepared.original_size != (prepared.height, prepared.width):
             pixels = F.interpolate(pixels.float(), size=prepared.original_size, mode="bicubic",
                                    antialias=True, align_corners=False)
-        if method in ("pixel", "poisson"):  # at the input's own size, so the kept pixels are the input's
-            pixels = reconstruct_background(method, prepared.source.to(pixels.device), pixels.float(),
+        paste = method in ("pixel", "poisson") or method in ("latent", "decoder") and finishing.paste_outside
+        if paste:  # at the input's own size, so the kept pixels are the input's
+            pixels = reconstruct_background("pixel" if method != "poisson" else method,
+                                            prepared.source.to(pixels.device), pixels.float(),
                                             prepared.source_mask.to(pixels.device), feather=finishing.feather)
         do_denormalize = [True] * pixels.shape[0] if has_nsfw is None else [not n for n in has_nsfw]
         images = self.image_processor.postprocess(pixels, output_type=output_type, do_denormalize=do_denormalize)

@@ -48,6 +48,7 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         reconstruction_steps: int = DEFAULTS.reconstruction_steps,
         reconstruction_background_weight: float = DEFAULTS.reconstruction_background_weight,
         reconstruction_crop: bool = DEFAULTS.reconstruction_crop,
+        paste_outside: bool = DEFAULTS.paste_outside,
         scorer=None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -74,7 +75,8 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         num_images_per_prompt: results per prompt (1, as diffusers; bld's CLI and web app ask for 4 to rank).
         generator: one, or one per result to make each result reproducible on its own.
         reconstruction: 'none', 'pixel' (with `feather`), 'poisson', 'latent' or 'decoder' (with
-        `reconstruction_steps`, `reconstruction_background_weight`, `reconstruction_crop`). scorer: a
+        `reconstruction_steps`, `reconstruction_background_weight`, `reconstruction_crop`, and
+        `paste_outside`: the input's pixels put back outside the mask afterwards, feathered). scorer: a
         bld.ranking.ClipScorer to sort results best first. guidance_cutoff: the share of the kept steps
         that use guidance (1 = all); the rest make one UNet pass per result instead of two.
         As in diffusers: prompt_embeds / negative_prompt_embeds instead of the prompts, cross_attention_kwargs
@@ -91,7 +93,8 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
             height=height, width=width, latent_mask_mode=latent_mask_mode, background_noise=background_noise,
             mask_dilation_iterations=mask_dilation_iterations, reconstruction=reconstruction, feather=feather,
             reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop,
-            reconstruction_background_weight=reconstruction_background_weight, guidance_cutoff=guidance_cutoff)
+            reconstruction_background_weight=reconstruction_background_weight, guidance_cutoff=guidance_cutoff,
+            paste_outside=paste_outside)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 
@@ -133,7 +136,7 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
 
         # 7. Decode, reconstruct the background, restore the input's size, rank
         finishing = Finishing(reconstruction, feather, reconstruction_steps, reconstruction_crop, scorer,
-                              reconstruction_background_weight)
+                              reconstruction_background_weight, paste_outside)
         output = self.finish(latents, prepared, output_type, prompt, finishing, prompt_embeds.dtype)
         self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()

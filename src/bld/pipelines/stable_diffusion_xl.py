@@ -45,6 +45,7 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
         reconstruction_steps: int = DEFAULTS.reconstruction_steps,
         reconstruction_background_weight: float = DEFAULTS.reconstruction_background_weight,
         reconstruction_crop: bool = DEFAULTS.reconstruction_crop,
+        paste_outside: bool = DEFAULTS.paste_outside,
         scorer=None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -72,7 +73,8 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
             height=height, width=width, latent_mask_mode=latent_mask_mode, background_noise=background_noise,
             mask_dilation_iterations=mask_dilation_iterations, reconstruction=reconstruction, feather=feather,
             reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop,
-            reconstruction_background_weight=reconstruction_background_weight, guidance_cutoff=guidance_cutoff)
+            reconstruction_background_weight=reconstruction_background_weight, guidance_cutoff=guidance_cutoff,
+            paste_outside=paste_outside)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 
@@ -127,7 +129,7 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
 
         # 8. Decode, reconstruct the background, restore the input's size, rank
         finishing = Finishing(reconstruction, feather, reconstruction_steps, reconstruction_crop, scorer,
-                              reconstruction_background_weight)
+                              reconstruction_background_weight, paste_outside)
         output = self.finish(latents, prepared, output_type, prompt, finishing, prompt_embeds.dtype)
         self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()

@@ -194,7 +194,8 @@ def reconstruct(ctx: EvalContext, task: EditTask, base: MethodOutput, method: st
     pipe = ctx.pipe
     start = time.perf_counter()
     prepared = pipe.prepare_image_and_mask(task.image, task.mask_image(), None, None, False)
-    finishing = Finishing(method, reconstruction_steps=ctx.reconstruction_steps)
+    # the raw decoding, as the paper compares the methods (no paste of the input outside the mask)
+    finishing = Finishing(method, reconstruction_steps=ctx.reconstruction_steps, paste_outside=False)
     out = pipe.finish(latents, prepared, "pil", task.prompt, finishing, latents.dtype)
     own = time.perf_counter() - start
     shared = base.seconds * n / len(base.images)
