@@ -203,6 +203,9 @@ def parse_args(argv=None):
                    help="edit with EditParams' defaults (the paper's), not the model's recommended settings")
     p.add_argument("--background-weight", type=float, default=None,
                    help="decoder reconstruction's background weight (default: the model's recommended one, else 100)")
+    p.add_argument("--paste-outside", action="store_true",
+                   help="paste the input back outside the mask after decoder reconstruction, as bld edit does; "
+                        "off (default): the raw decoding is judged and its background PSNR reported")
     p.add_argument("--save-results", action="store_true", help="write every edit result to OUT/edits-results/")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -232,7 +235,7 @@ def main(argv=None) -> None:
     params = EditParams.from_dict({"guidance_scale": pipe.default_guidance_scale, **recommended,
                                    **{k: v for k, v in given.items() if v is not None},
                                    "prompt": "", "num_images": args.num_images, "seed": args.seed,
-                                   "reconstruction": args.reconstruction})
+                                   "reconstruction": args.reconstruction, "paste_outside": args.paste_outside})
     report["edit_params"] = params.to_dict()
     for name, n, kinds in (("edits", args.edits, ("add", "replace")),
                            ("background_edits", args.background_edits, ("background",))):
