@@ -166,6 +166,8 @@ def bad_file(folder, name, content):
     ("model_folder", "has no model_index.json"),
     ("model_file", "is a single file"),
     ("hub_id_offline", "cannot load model 'someone/some-model': it is not a local folder and the Hugging Face Hub"),
+    ("hub_unreachable", "'someone/some-model' is not a local folder and the Hugging Face Hub cannot be reached "
+                        "from here: pass --model with a diffusers folder"),
     ("tiny_image", "each side must be at least"),
     ("huge_for_editing", "pass --width"),
     ("bad_choice", "invalid choice"),
@@ -205,6 +207,13 @@ def test_bad_input_gets_one_line_and_no_output(files, capsys, monkeypatch, case,
         extra += ["--model", bad_file(folder, "weights.safetensors", b"\0" * 16)]
     elif case == "hub_id_offline":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # fail fast; there is no network here either way
+        extra += ["--model", "someone/some-model"]
+    elif case == "hub_unreachable":
+        import bld.hub
+
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        monkeypatch.setattr(bld.hub, "hub_reachable", lambda: False)
         extra += ["--model", "someone/some-model"]
     elif case == "tiny_image":
         image = bad_file(folder, "tiny.png", make_image((4, 4)))
@@ -355,3 +364,15 @@ def test_a_general_tokenizer_knows_every_word(sd_pipe):
 
     assert unknown_words(Big(), "a dog") == ([], [])
     assert unknown_words(None, "a dog") == ([], [])
+
+
+def test_an_unreachable_hub_is_seen_as_such(monkeypatch):
+    import socket
+
+    from bld.hub import hub_reachable
+
+    with socket.socket() as s:  # a local port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert hub_reachable(timeout=1.0) is False

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .hub import offline_requested
+from .hub import local_files_only
 from .image_io import InputError
 from .model_defaults import BUNDLED_MODEL_DIR, TINY_RANDOM, default_model  # noqa: F401 - re-exported
 from .pipelines.schedulers import make_scheduler
@@ -77,8 +77,9 @@ def pipeline_class_for(model: str) -> type[Pipeline]:
     else:
         from diffusers import DiffusionPipeline
 
+        local_only = local_files_only(model)
         try:
-            index = DiffusionPipeline.load_config(model, local_files_only=offline_requested())
+            index = DiffusionPipeline.load_config(model, local_files_only=local_only)
         except Exception as exc:  # offline, unknown id, gated repo: all mean "cannot get it"
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(f"cannot load model {model!r}: it is not a local folder and the Hugging Face Hub "
@@ -104,7 +105,7 @@ def load_vae(model: str | None = None, *, device: str = "auto"):
         warnings.simplefilter("ignore")
         try:
             vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch.float32,
-                                                local_files_only=offline_requested())
+                                                local_files_only=Path(model).is_dir() or local_files_only(model))
         except (OSError, ValueError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(f"cannot load the VAE of model {model!r}: {reason[:200]}") from None
@@ -127,7 +128,8 @@ def load_pipeline(model: str | None = None, *, device: str = "auto", dtype: str 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                pipe = cls.from_pretrained(model, torch_dtype=torch_dtype, local_files_only=offline_requested())
+                local_only = Path(model).is_dir() or local_files_only(model)
+                pipe = cls.from_pretrained(model, torch_dtype=torch_dtype, local_files_only=local_only)
             except (OSError, ValueError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise InputError(f"cannot load model {model!r}: {reason[:200]}") from None

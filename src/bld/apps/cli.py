@@ -250,6 +250,15 @@ def check_edit_size(image, params: EditParams) -> None:
                          f"size; the result is resized back")
 
 
+def check_model_source(model: str | None) -> None:
+    """A Hub id that can be neither found in the cache nor downloaded is refused before anything loads."""
+    from ..hub import local_files_only
+    from ..model_defaults import TINY_RANDOM
+
+    if model and model != TINY_RANDOM and not Path(model).exists():
+        local_files_only(model)
+
+
 def check_mask_region(mask, invert: bool) -> None:
     """The mask must leave something to edit and something to keep."""
     region = np.asarray(mask.convert("L")) >= 128
@@ -323,6 +332,7 @@ def run_edit_command(args: argparse.Namespace) -> dict:
                              mask_name=args.mask)
     check_edit_size(image, params)
     check_mask_region(mask, params.invert_mask)
+    check_model_source(args.model)
 
     from ..editing import result_metadata, run_edit, with_seed
     from ..image_io import save_png_atomic
