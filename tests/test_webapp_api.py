@@ -54,6 +54,7 @@ def test_one_call_edits_and_returns_pngs_with_their_metrics(client, files):
                                    api_name="/edit_files")
     assert len(paths) == 2 and [r["seed"] for r in sorted(record["results"], key=lambda r: r["seed"])] == [7, 8]
     assert record["params"]["num_inference_steps"] == 3 and record["params"]["prompt"] == "a red star"
+    assert record["model"] == "tiny-random"
     source = np.asarray(make_image())
     outside = np.asarray(make_mask()) < 128
     for path, result in zip(paths, record["results"]):

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from ..editing import edit_region, json_safe, result_metadata, run_edit, unknown_words, with_seed
+from ..editing import edit_region, json_safe, model_name, result_metadata, run_edit, unknown_words, with_seed
 from ..image_io import (
     MAX_EDIT_PIXELS,
     MAX_PIXELS,
@@ -315,7 +315,7 @@ class WebEditor:
                 raise _rename_in_message(exc, mask_path) from None
         except InputError as exc:
             return EditOutcome(message=error_message(exc))
-        values = {**model_edit_defaults(self.model or None), **parameters}
+        values = {**(model_edit_defaults(self.model) if self.model else {}), **parameters}
         return self.edit(image, mask, prompt, negative_prompt, values)
 
     def _run(self, image, mask_image, params: EditParams, progress: ProgressFn,
@@ -530,8 +530,8 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
                                         max_mb=max_upload_mb)
             if not outcome.ok:
                 raise gr.Error(outcome.message.removeprefix("**Error:** "))
-            record = {"results": outcome.results, "params": outcome.params.to_dict(), "model": model,
-                      "message": outcome.message}
+            record = {"results": outcome.results, "params": outcome.params.to_dict(),
+                      "model": model_name(model) if model else "", "message": outcome.message}
             return [FileData(path=path) for path in outcome.files], json_safe(record)
 
         gr.api(edit_files, api_name="edit_files", concurrency_limit=1, concurrency_id="model")
