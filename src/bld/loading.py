@@ -63,7 +63,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtypes[name]
 
 
-def pipeline_class_for(model: str) -> type[Pipeline]:
+def local_only_for(model: str) -> bool:
+    """Whether `model` loads from this machine only: a local path, or a Hub id to take from the cache (the
+    Hub check, with its network probe, runs once per load)."""
+    return Path(model).exists() or local_files_only(model)
+
+
+def pipeline_class_for(model: str, local_only: bool | None = None) -> type[Pipeline]:
     """The SD or SDXL pipeline class, from the model's model_index.json (a local folder or the Hub)."""
     folder = Path(model)
     if folder.is_file():
@@ -77,7 +83,7 @@ def pipeline_class_for(model: str) -> type[Pipeline]:
     else:
         from diffusers import DiffusionPipeline
 
-        local_only = local_files_only(model)
+        local_only = local_only_for(model) if local_only is None else local_only
         try:
             index = DiffusionPipeline.load_config(model, local_files_only=local_only)
         except Exception as exc:  # offline, unknown id, gated repo: all mean "cannot get it"
@@ -100,12 +106,13 @@ def load_vae(model: str | None = None, *, device: str = "auto"):
         from .testing.tiny_models import tiny_sd_components
 
         return tiny_sd_components(tokenizer_dir=tempfile.mkdtemp(prefix="bld-"))["vae"].to(torch_device)
-    pipeline_class_for(model)  # the same checks and messages as a whole pipeline's
+    local_only = local_only_for(model)
+    pipeline_class_for(model, local_only)  # the same checks and messages as a whole pipeline's
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch.float32,
-                                                local_files_only=Path(model).is_dir() or local_files_only(model))
+                                                local_files_only=local_only)
         except (OSError, ValueError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(f"cannot load the VAE of model {model!r}: {reason[:200]}") from None
@@ -124,11 +131,11 @@ def load_pipeline(model: str | None = None, *, device: str = "auto", dtype: str 
 
         pipe = BlendedLatentDiffusionPipeline(**tiny_sd_components(tokenizer_dir=tempfile.mkdtemp(prefix="bld-")))
     else:
-        cls = pipeline_class_for(model)
+        local_only = local_only_for(model)
+        cls = pipeline_class_for(model, local_only)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                local_only = Path(model).is_dir() or local_files_only(model)
                 pipe = cls.from_pretrained(model, torch_dtype=torch_dtype, local_files_only=local_only)
             except (OSError, ValueError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
