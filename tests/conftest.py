@@ -1,5 +1,7 @@
 """Shared fixtures: tiny pipelines built in code, a test image and masks."""
 
+import socket
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -68,3 +70,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on now, for a test server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

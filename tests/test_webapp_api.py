@@ -3,22 +3,15 @@ the prompts and named parameters; the result PNGs and their metrics come back.""
 
 import json
 import shutil
-import socket
 
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import make_image, make_mask
+from conftest import free_port, make_image, make_mask
 
 from bld.image_io import read_png_metadata
 
 gradio_client = pytest.importorskip("gradio_client")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

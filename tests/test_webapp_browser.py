@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import make_image
+from conftest import free_port, make_image
 
 from bld.apps.webapp import MAX_UPLOAD_MB
 
@@ -51,12 +50,6 @@ OUTSIDE_TOLERANCE = 1  # levels (of 255)
 INSIDE_MIN_MEAN_DIFF = 10  # levels: the tiny random model paints noise where the mask is
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
     """`bld serve --model tiny-random` on a free port; yields its URL; stopped (SIGTERM) afterwards."""
@@ -64,7 +57,7 @@ def server():
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "webapp-server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "bld.apps.cli", "serve", "--model", "tiny-random", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "bld", "serve", "--model", "tiny-random", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180
