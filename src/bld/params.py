@@ -16,6 +16,7 @@ LatentMaskMode = Literal["any", "nearest", "inside", "top-left"]
 BackgroundNoise = Literal["fixed", "fresh"]
 SchedulerName = Literal["ddim", "dpm++", "euler", "euler-a", "model"]
 Reconstruction = Literal["none", "pixel", "poisson", "latent", "decoder"]
+CropMode = Literal["auto", "off"]
 
 
 def _param(default: Any, help: str, *, low: float | None = None, high: float | None = None,
@@ -54,10 +55,19 @@ class EditParams:
     seed: int | None = _param(None, "Seed of the first result; result k uses seed + k. Default: random.",
                               low=0, high=2**63 - 1)
     invert_mask: bool = _param(False, "Edit outside the mask instead (background replacement).")
-    height: int | None = _param(None, "Height to edit at, a multiple of the VAE factor. Default: the input's, snapped.",
-                                low=8, high=4096)
-    width: int | None = _param(None, "Width to edit at, a multiple of the VAE factor. Default: the input's, snapped.",
-                               low=8, high=4096)
+    crop: CropMode = _param(
+        "auto", "Crop-and-stitch: 'auto' edits a padded box around each part of the mask at the model's native "
+        "resolution (the whole image when that covers most of it, or when the image is no larger than native) and "
+        "stitches it back; 'off' edits the whole image at its own size.", choices=("auto", "off"))
+    crop_padding: float = _param(
+        0.25, "Context around the mask in each crop, on each side, as a share of the mask part's longer side.",
+        low=0.0, high=4.0)
+    height: int | None = _param(
+        None, "Height to edit at (each crop's, with crop 'auto'), a multiple of the VAE factor. Default: a "
+        "native-size bucket (crop 'auto'), the input's own, snapped (crop 'off').", low=8, high=4096)
+    width: int | None = _param(
+        None, "Width to edit at (each crop's, with crop 'auto'), a multiple of the VAE factor. Default: a "
+        "native-size bucket (crop 'auto'), the input's own, snapped (crop 'off').", low=8, high=4096)
     mask_dilation_iterations: int = _param(
         0, "Progressive mask shrinking for thin masks: N dilations (kernels 3+2i), largest first; 0 = off.",
         low=0, high=10, flag="--shrink-mask")

@@ -20,6 +20,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..ops.blending import binarize_mask, blend, latent_mask, num_skipped_steps, phase_of_step, shrinking_masks
+from ..ops.cropping import Crop, buckets, plan_crops
 from ..ops.reconstruction import reconstruct_background
 from ..params import EditParams
 from ..ranking import rank
@@ -41,6 +42,7 @@ class BlendedLatentDiffusionPipelineOutput(BaseOutput):
     nsfw_content_detected: list[bool] | None = None
     scores: list[float] | None = None  # CLIP text match inside the mask, best first, when ranked
     order: list[int] | None = None  # order[k]: index in the generated batch of images[k]
+    crops: list[dict] | None = None  # each edited box {"box": [left, top, right, bottom], "size": [w, h]}
 
 
 @dataclass
@@ -57,6 +59,19 @@ class PreparedInputs:
 
 
 @dataclass
+class EditPlan:
+    """What an edit works on: one piece per crop (the whole image is one piece covering it)."""
+
+    pieces: list[PreparedInputs]
+    crops: list[Crop]
+    region: np.ndarray | None = None  # (H, W) bool, the edited region at the input's size, when cropped
+
+    @property
+    def cropped(self) -> bool:
+        return self.region is not None
+
+
+@dataclass
 class Finishing:
     """What happens after the loop: background reconstruction (PAPER.md section 2) and ranking (section 4)."""
 
@@ -67,6 +82,11 @@ class Finishing:
     scorer: Any = None  # a bld.ranking.ClipScorer, or None for no ranking
     reconstruction_background_weight: float = 100.0
     paste_outside: bool = True  # after latent / decoder: the input's own pixels outside the mask
+
+    @classmethod
+    def from_params(cls, params: EditParams, scorer=None) -> Finishing:
+        return cls(params.reconstruction, params.feather, params.reconstruction_steps, params.reconstruction_crop,
+                   scorer, params.reconstruction_background_weight, params.paste_outside)
 
 
 def image_size(image: Any) -> tuple[int, int]:
@@ -94,6 +114,24 @@ def to_unit_range(image: Any) -> Any:
         scale = 1.0 if image.dtype == torch.bool else float(torch.iinfo(image.dtype).max)
         return image.float() / scale
     return image
+
+
+def check_mask_aspect(mask_size: tuple[int, int], size: tuple[int, int]) -> None:
+    """A mask of another size than the image's must have its aspect ratio (within 1%); sizes are (h, w)."""
+    (hm, wm), (h0, w0) = mask_size, size
+    if (hm, wm) != (h0, w0) and abs(hm / wm - h0 / w0) > 0.01 * (h0 / w0):
+        raise ValueError(f"mask is {wm}x{hm} but image is {w0}x{h0}: they must have the same aspect ratio")
+
+
+def crop_input(image: Any, box: tuple[int, int, int, int]) -> Any:
+    """The (left, top, right, bottom) box of a PIL image, an (H, W[, C]) or (B, H, W, C) array, or a
+    ([B, ]C, H, W) tensor, in the same kind."""
+    left, top, right, bottom = box
+    if isinstance(image, PIL.Image.Image):
+        return image.crop(box)
+    if isinstance(image, np.ndarray):
+        return image[top:bottom, left:right] if image.ndim < 4 else image[:, top:bottom, left:right]
+    return image[..., top:bottom, left:right]
 
 
 def snap(size: int, multiple: int) -> int:
@@ -151,6 +189,19 @@ class BlendedLatentMixin:
         return VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False,
                                  do_binarize=True, do_convert_grayscale=True)
 
+    @property
+    def native_size(self) -> int:
+        """The side the model was trained at: UNet sample size x VAE factor (512 for SD 1.5, 1024 for SDXL)."""
+        sample = self.unet.config.sample_size
+        return int(max(sample) if isinstance(sample, (list, tuple)) else sample) * self.vae_scale_factor
+
+    @property
+    def bucket_step(self) -> int:
+        """Crop sizes are multiples of this: the UNet's overall downsampling in pixels, and at least 1/16 of
+        the native side (64 px for SD 1.5 and SDXL)."""
+        unet_factor = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        return max(unet_factor, self.native_size // 16 // unet_factor * unet_factor)
+
     @staticmethod
     def at_own_size(image, *, mask: bool = False) -> torch.Tensor:
         """An image in [-1, 1], or a mask in {0, 1}, as a tensor at its own size (no snapping)."""
@@ -206,14 +257,66 @@ class BlendedLatentMixin:
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not among {allowed}")
 
+    def prepare_edit(self, image, mask_image, params: EditParams) -> EditPlan:
+        """The pieces an edit works on. crop 'off': the whole image, at its own size snapped to the VAE factor
+        or at params.height x width. crop 'auto': the crops of bld.ops.cropping.plan_crops at native-size
+        buckets (params.height / width, when given, replace the bucket's); a single crop covering the whole
+        image is prepared as crop 'off' prepares it, at the bucket's size."""
+        if params.crop == "off":
+            prepared = self.prepare_image_and_mask(image, mask_image, params.height, params.width, params.invert_mask)
+            return EditPlan([prepared], [Crop((0, 0, *prepared.original_size[::-1]), prepared.width,
+                                              prepared.height)])
+        image, mask_image = to_unit_range(image), to_unit_range(mask_image)
+        h0, w0 = image_size(image)
+        if min(h0, w0) < self.min_side * self.vae_scale_factor:
+            raise ValueError(f"image is {w0}x{h0}: each side must be at least {self.min_side * self.vae_scale_factor} "
+                             f"pixels for this model")
+        check_mask_aspect(image_size(mask_image), (h0, w0))
+        region = self.edit_region(mask_image, (h0, w0), params.invert_mask)
+        sizes = [(params.width, params.height)] if params.width and params.height else None
+        crops = plan_crops(region, self.native_size, self.bucket_step, params.crop_padding,
+                           sizes or buckets(self.native_size, self.bucket_step))
+        if (params.width is None) != (params.height is None):  # one side given: the other follows the box
+            crops = [Crop(c.box, params.width or snap(round(params.height * c.box_size[0] / c.box_size[1]),
+                                                      self.vae_scale_factor),
+                          params.height or snap(round(params.width * c.box_size[1] / c.box_size[0]),
+                                                self.vae_scale_factor)) for c in crops]
+        if len(crops) == 1 and crops[0].covers(w0, h0):
+            return EditPlan([self.prepare_image_and_mask(image, mask_image, crops[0].height, crops[0].width,
+                                                         params.invert_mask)], crops)
+        pieces = []
+        for crop in crops:
+            left, top, right, bottom = crop.box
+            crop_mask = torch.from_numpy(region[top:bottom, left:right]).to(torch.float32)[None, None]
+            pieces.append(self.prepare_image_and_mask(crop_input(image, crop.box), crop_mask, crop.height,
+                                                      crop.width, invert_mask=False, whole=False))
+        return EditPlan(pieces, crops, region)
+
+    def edit_region(self, mask_image, size: tuple[int, int], invert: bool) -> np.ndarray:
+        """The edited region as a bool (H, W) array at the image's `size` (height, width): the mask
+        thresholded at 0.5 (as prepare_image_and_mask does), resized by nearest neighbour if its size
+        differs, inverted if asked; refused when it is empty or everything."""
+        if isinstance(mask_image, PIL.Image.Image):
+            region = np.asarray(mask_image.convert("L")) >= 128
+        else:
+            region = binarize_mask(self.at_own_size(mask_image, mask=True))[0, 0].cpu().numpy() > 0
+        if region.shape != size:
+            region = np.asarray(PIL.Image.fromarray(region).resize(size[::-1], PIL.Image.NEAREST))
+        region = ~region if invert else region
+        inverted = " (the mask was inverted)" if invert else ""
+        if not region.any():
+            raise ValueError(f"mask is empty: nothing to edit; paint the region to change in white{inverted}")
+        if region.all():
+            raise ValueError(f"mask covers the whole image: nothing would be kept; paint only the region to "
+                             f"change{inverted}")
+        return region
+
     def prepare_image_and_mask(self, image, mask_image, height: int | None, width: int | None,
-                               invert_mask: bool) -> PreparedInputs:
+                               invert_mask: bool, *, whole: bool = True) -> PreparedInputs:
         """Resize to a size the model accepts, normalize the image to [-1, 1], threshold the mask at 0.5."""
         image, mask_image = to_unit_range(image), to_unit_range(mask_image)
         h0, w0 = image_size(image)
-        hm, wm = image_size(mask_image)
-        if (hm, wm) != (h0, w0) and abs(hm / wm - h0 / w0) > 0.01 * (h0 / w0):
-            raise ValueError(f"mask is {wm}x{hm} but image is {w0}x{h0}: they must have the same aspect ratio")
+        check_mask_aspect(image_size(mask_image), (h0, w0))
         factor = self.vae_scale_factor
         if height is None and width is not None:
             height = snap(round(h0 * width / w0), factor)
@@ -239,7 +342,7 @@ class BlendedLatentMixin:
         if not mask.any():
             raise ValueError("mask is empty: nothing to edit; paint the region to change in white"
                              + (" (the mask was inverted)" if invert_mask else ""))
-        if mask.all():
+        if whole and mask.all():  # a crop may lie wholly inside the mask
             raise ValueError("mask covers the whole image: nothing would be kept; paint only the region to change"
                              + (" (the mask was inverted)" if invert_mask else ""))
         return PreparedInputs(pixels, mask, height, width, (h0, w0), source, source_mask)
@@ -380,11 +483,51 @@ class BlendedLatentMixin:
         """Ask a running edit to stop after its current step (used by the web app to cancel)."""
         self._interrupt = True
 
-    def finish(self, latents: torch.Tensor, prepared: PreparedInputs, output_type: str, prompt: str | list[str],
-               finishing: Finishing, prompt_dtype) -> BlendedLatentDiffusionPipelineOutput:
-        """Decode, reconstruct the background, restore the input's size, convert, rank."""
-        if output_type == "latent":
-            return BlendedLatentDiffusionPipelineOutput(images=latents)
+    def run_blended_edit(self, image, mask_image, params: EditParams, *, conditioning_for, unet_call,
+                         guidance_scale: float, guidance_rescale: float, generator, batch_size: int, dtype,
+                         output_type: str, prompt, scorer, callback_on_step_end=None, tensor_inputs=("latents",),
+                         eta: float = 0.0) -> BlendedLatentDiffusionPipelineOutput:
+        """Steps 3 to 7 of an edit, once per piece (crop) of the image, then the stitched, ranked results.
+
+        conditioning_for(prepared) -> the UNet's conditioning tensors for one piece (negative rows first when
+        guided); unet_call(model_input, t, conditioning) -> the model output. Each piece draws its noise
+        from the same generators in turn, so a result does not depend on the batch it was made in."""
+        device = self._execution_device
+        plan = self.prepare_edit(image, mask_image, params)  # 3. source image and mask: the whole or crops
+        if output_type == "latent" and len(plan.pieces) > 1:
+            raise ValueError(f"output_type='latent' returns one piece's latents, but this edit has "
+                             f"{len(plan.pieces)} crops: pass crop='off' or another output type")
+        finished = []
+        for prepared in plan.pieces:
+            # 4. Source latent z0 = E(x) and the latent mask at the latent resolution
+            z0, mask = self.source_latent_and_mask(prepared, batch_size, params.latent_mask_mode, device, dtype)
+            # 5. The schedule after skipping its first skip_fraction
+            timesteps = self.blended_timesteps(params.num_inference_steps, params.skip_fraction, device)
+            # 6. Denoise, blending with the noised source after every step
+            conditioning = conditioning_for(prepared)
+            predict_noise = self.guided_noise_predictor(conditioning, unet_call, guidance_scale, guidance_rescale)
+            latents = self.blended_denoise(z0, mask, timesteps, predict_noise, generator,
+                                           fresh_noise=params.background_noise == "fresh",
+                                           mask_dilation_iterations=params.mask_dilation_iterations,
+                                           callback_on_step_end=callback_on_step_end, eta=eta,
+                                           callback_tensors=conditioning, callback_tensor_inputs=tensor_inputs,
+                                           guidance_cutoff=params.guidance_cutoff)
+            finished.append(latents)
+            if self._interrupt:
+                break
+        # 7. Decode, reconstruct the background, restore the input's size (stitch the crops), rank
+        finishing = Finishing.from_params(params, scorer)
+        if not plan.cropped:
+            output = self.finish(finished[0], plan.pieces[0], output_type, prompt, finishing, dtype)
+        else:
+            output = self.finish_crops(finished, plan, image, output_type, prompt, finishing, dtype)
+        output.crops = [crop.to_dict() for crop in plan.crops]
+        return output
+
+    def decode_and_reconstruct(self, latents: torch.Tensor, prepared: PreparedInputs, finishing: Finishing,
+                               prompt_dtype) -> tuple[torch.Tensor, list[bool] | None]:
+        """Pixels (B, 3, h0, w0) in [-1, 1] at the piece's own size, background reconstructed, and the safety
+        checker's flags (None without one)."""
         pixels = self.decode_latents(latents)
         has_nsfw = None
         if getattr(self, "safety_checker", None) is not None:
@@ -403,14 +546,62 @@ class BlendedLatentMixin:
             pixels = reconstruct_background("pixel" if method != "poisson" else method,
                                             prepared.source.to(pixels.device), pixels.float(),
                                             prepared.source_mask.to(pixels.device), feather=finishing.feather)
+        return pixels, has_nsfw
+
+    def finish(self, latents: torch.Tensor, prepared: PreparedInputs, output_type: str, prompt: str | list[str],
+               finishing: Finishing, prompt_dtype) -> BlendedLatentDiffusionPipelineOutput:
+        """Decode, reconstruct the background, restore the input's size, convert, rank (the whole image)."""
+        if output_type == "latent":
+            return BlendedLatentDiffusionPipelineOutput(images=latents)
+        pixels, has_nsfw = self.decode_and_reconstruct(latents, prepared, finishing, prompt_dtype)
         do_denormalize = [True] * pixels.shape[0] if has_nsfw is None else [not n for n in has_nsfw]
         images = self.image_processor.postprocess(pixels, output_type=output_type, do_denormalize=do_denormalize)
+        return self.ranked(images, has_nsfw, prompt, prepared.source_mask[0, 0].cpu().numpy(), finishing, output_type)
+
+    def finish_crops(self, latents: list[torch.Tensor], plan: EditPlan, image, output_type: str,
+                     prompt: str | list[str], finishing: Finishing, prompt_dtype) -> BlendedLatentDiffusionPipelineOutput:
+        """Each crop decoded and reconstructed at its box's size, pasted into the input at full resolution:
+        outside the crops every pixel is the input's, never re-encoded."""
+        results, has_nsfw = None, None
+        for piece_latents, prepared, crop in zip(latents, plan.pieces, plan.crops):
+            pixels, flags = self.decode_and_reconstruct(piece_latents, prepared, finishing, prompt_dtype)
+            do_denormalize = [True] * pixels.shape[0] if flags is None else [not n for n in flags]
+            piece = self.image_processor.postprocess(pixels, output_type=output_type, do_denormalize=do_denormalize)
+            if results is None:
+                results = self.full_size_copies(image, output_type, pixels.shape[0])
+            left, top, right, bottom = crop.box
+            if output_type == "pil":
+                for result, part in zip(results, piece):
+                    result.paste(part, (left, top))
+            elif output_type == "np":
+                results[:, top:bottom, left:right] = piece
+            else:
+                results[:, :, top:bottom, left:right] = piece.to(results.device, results.dtype)
+            if flags is not None:
+                has_nsfw = [a or b for a, b in zip(has_nsfw or [False] * len(flags), flags)]
+        return self.ranked(results, has_nsfw, prompt, plan.region, finishing, output_type)
+
+    def full_size_copies(self, image, output_type: str, count: int):
+        """`count` copies of the input at its own size in the output type (PIL RGB, (B, H, W, 3) float array in
+        [0, 1], or (B, 3, H, W) tensor): the canvases the crops are pasted into."""
+        if output_type == "pil" and isinstance(image, PIL.Image.Image):
+            base = image.convert("RGB")
+            return [base.copy() for _ in range(count)]
+        base = self.image_processor.postprocess(self.at_own_size(to_unit_range(image)), output_type=output_type)
+        if output_type == "pil":
+            return [base[0].copy() for _ in range(count)]
+        if output_type == "np":
+            return np.repeat(base, count, axis=0)
+        return base.repeat(count, 1, 1, 1)
+
+    def ranked(self, images, has_nsfw, prompt, region: np.ndarray, finishing: Finishing,
+               output_type: str) -> BlendedLatentDiffusionPipelineOutput:
+        """The output, sorted best first by the scorer's text match inside `region` when there is a scorer."""
         if finishing.scorer is None:
             return BlendedLatentDiffusionPipelineOutput(images=images, nsfw_content_detected=has_nsfw)
         prompt = prompt if isinstance(prompt, str) else prompt[0]
         scorable = images if output_type != "pt" else list(images.permute(0, 2, 3, 1).float().cpu().numpy())
-        mask = prepared.source_mask[0, 0].cpu().numpy()
-        scores = finishing.scorer.score(list(scorable), prompt, mask)
+        scores = finishing.scorer.score(list(scorable), prompt, region)
         order = rank(scores)
         images = [images[k] for k in order] if isinstance(images, list) else images[order]
         return BlendedLatentDiffusionPipelineOutput(

@@ -9,7 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from ..params import DEFAULTS
-from .blended import BlendedLatentMixin, Finishing, callback_tensor_inputs
+from .blended import BlendedLatentMixin, callback_tensor_inputs
 
 ImageInput = PIL.Image.Image | Any  # PIL image, (H, W, C) array in [0, 1] or uint8, (1, C, H, W) tensor in [0, 1]
 
@@ -40,6 +40,8 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         invert_mask: bool = DEFAULTS.invert_mask,
         height: int | None = None,
         width: int | None = None,
+        crop: str = DEFAULTS.crop,
+        crop_padding: float = DEFAULTS.crop_padding,
         latent_mask_mode: str = DEFAULTS.latent_mask_mode,
         mask_dilation_iterations: int = DEFAULTS.mask_dilation_iterations,
         background_noise: str = DEFAULTS.background_noise,
@@ -64,10 +66,14 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
     ):
         """Edit the masked region of `image` to follow `prompt`; keep the rest.
 
-        image: PIL image, array or tensor; its size is snapped to a multiple of the VAE factor for the
-        model and the results are restored to it. mask_image: same size (or aspect ratio), white = edit,
-        soft values thresholded at 0.5. skip_fraction: share of the schedule skipped before blending
-        starts. latent_mask_mode: 'any' (keep every latent cell the mask touches), 'nearest' (each
+        image: PIL image, array or tensor, of any size. crop: 'auto' (default) edits a box around each part
+        of the mask, padded by `crop_padding` times the part's longer side, at a bucket of about the model's
+        native area (or the whole image, at its bucket, when it is no larger than that or the boxes would
+        cover most of it) and pastes the results into the input at full resolution: outside the boxes the
+        pixels are the input's. 'off' edits the whole image at its size snapped to a multiple of the VAE
+        factor (or at height x width). The results have the input's size. mask_image: same size (or aspect
+        ratio), white = edit, soft values thresholded at 0.5. skip_fraction: share of the schedule skipped
+        before blending starts. latent_mask_mode: 'any' (keep every latent cell the mask touches), 'nearest' (each
         cell's center pixel, the paper's), 'inside' (cells the mask covers whole; a thin part on its own
         keeps the cells it touches) or 'top-left' (each cell's first pixel, diffusers' inpaint pipeline).
         mask_dilation_iterations: progressive shrinking for thin masks (0 = off).
@@ -94,7 +100,7 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
             mask_dilation_iterations=mask_dilation_iterations, reconstruction=reconstruction, feather=feather,
             reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop,
             reconstruction_background_weight=reconstruction_background_weight, guidance_cutoff=guidance_cutoff,
-            paste_outside=paste_outside)
+            paste_outside=paste_outside, crop=crop, crop_padding=crop_padding)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 
@@ -110,33 +116,18 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         if do_cfg:
             prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
 
-        # 3. Source image and mask at a size the model accepts
-        prepared = self.prepare_image_and_mask(image, mask_image, height, width, invert_mask)
-
-        # 4. Source latent z0 = E(x) and the latent mask at the latent resolution
-        z0, mask = self.source_latent_and_mask(prepared, batch_size, latent_mask_mode, device, prompt_embeds.dtype)
-
-        # 5. The schedule after skipping its first skip_fraction
-        timesteps = self.blended_timesteps(num_inference_steps, skip_fraction, device)
-
-        # 6. Denoise, blending with the noised source after every step
-        conditioning = {"prompt_embeds": prompt_embeds}
+        # 3-7. For the whole image or each crop: source latent and mask, schedule, blended denoising, finishing
+        def conditioning_for(prepared) -> dict:
+            return {"prompt_embeds": prompt_embeds}
 
         def unet_call(model_input: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
             return self.unet(model_input, t, encoder_hidden_states=cond["prompt_embeds"],
                              cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
 
-        predict_noise = self.guided_noise_predictor(conditioning, unet_call, guidance_scale, guidance_rescale)
-        latents = self.blended_denoise(z0, mask, timesteps, predict_noise, generator,
-                                       fresh_noise=background_noise == "fresh",
-                                       mask_dilation_iterations=mask_dilation_iterations,
-                                       callback_on_step_end=callback_on_step_end, eta=eta,
-                                       callback_tensors=conditioning, callback_tensor_inputs=tensor_inputs,
-                                       guidance_cutoff=guidance_cutoff)
-
-        # 7. Decode, reconstruct the background, restore the input's size, rank
-        finishing = Finishing(reconstruction, feather, reconstruction_steps, reconstruction_crop, scorer,
-                              reconstruction_background_weight, paste_outside)
-        output = self.finish(latents, prepared, output_type, prompt, finishing, prompt_embeds.dtype)
+        output = self.run_blended_edit(
+            image, mask_image, params, conditioning_for=conditioning_for, unet_call=unet_call,
+            guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, generator=generator,
+            batch_size=batch_size, dtype=prompt_embeds.dtype, output_type=output_type, prompt=prompt, scorer=scorer,
+            callback_on_step_end=callback_on_step_end, tensor_inputs=tensor_inputs, eta=eta)
         self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()

@@ -8,7 +8,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from ..params import DEFAULTS
-from .blended import BlendedLatentMixin, Finishing, callback_tensor_inputs
+from .blended import BlendedLatentMixin, callback_tensor_inputs
 from .stable_diffusion import ImageInput
 
 
@@ -17,7 +17,8 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
 
     Same algorithm and arguments as BlendedLatentDiffusionPipeline, plus `prompt_2` and
     `negative_prompt_2` for the second text encoder and the pooled embeddings of diffusers' SDXL
-    pipeline. The UNet is told the input's original size and the size it works at, with no crop.
+    pipeline. The UNet is told the size of the image or crop it edits and the size it works at, with no
+    crop offset.
     """
 
     default_guidance_scale = 5.0
@@ -37,6 +38,8 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
         invert_mask: bool = DEFAULTS.invert_mask,
         height: int | None = None,
         width: int | None = None,
+        crop: str = DEFAULTS.crop,
+        crop_padding: float = DEFAULTS.crop_padding,
         latent_mask_mode: str = DEFAULTS.latent_mask_mode,
         mask_dilation_iterations: int = DEFAULTS.mask_dilation_iterations,
         background_noise: str = DEFAULTS.background_noise,
@@ -74,7 +77,7 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
             mask_dilation_iterations=mask_dilation_iterations, reconstruction=reconstruction, feather=feather,
             reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop,
             reconstruction_background_weight=reconstruction_background_weight, guidance_cutoff=guidance_cutoff,
-            paste_outside=paste_outside)
+            paste_outside=paste_outside, crop=crop, crop_padding=crop_padding)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 
@@ -91,45 +94,30 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
             lora_scale=(cross_attention_kwargs or {}).get("scale"), clip_skip=clip_skip)
 
-        # 3. Source image and mask at a size the model accepts
-        prepared = self.prepare_image_and_mask(image, mask_image, height, width, invert_mask)
-
-        # 4. Size conditioning: the input's size, no crop, the size the model works at
-        projection_dim = (int(pooled.shape[-1]) if self.text_encoder_2 is None
-                          else self.text_encoder_2.config.projection_dim)
-        time_ids = self._get_add_time_ids(prepared.original_size, (0, 0), (prepared.height, prepared.width),
-                                          dtype=prompt_embeds.dtype, text_encoder_projection_dim=projection_dim)
-        time_ids = time_ids.to(device).repeat(batch_size, 1)
         if do_cfg:
             prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
             pooled = torch.cat([negative_pooled, pooled])
-            time_ids = torch.cat([time_ids, time_ids])
+        projection_dim = (int(pooled.shape[-1]) if self.text_encoder_2 is None
+                          else self.text_encoder_2.config.projection_dim)
 
-        # 5. Source latent z0 = E(x) and the latent mask at the latent resolution
-        z0, mask = self.source_latent_and_mask(prepared, batch_size, latent_mask_mode, device, prompt_embeds.dtype)
-
-        # 6. The schedule after skipping its first skip_fraction
-        timesteps = self.blended_timesteps(num_inference_steps, skip_fraction, device)
-
-        # 7. Denoise, blending with the noised source after every step
-        conditioning = {"prompt_embeds": prompt_embeds, "add_text_embeds": pooled.to(device), "add_time_ids": time_ids}
+        # 3-8. For the whole image or each crop: size conditioning, source latent and mask, schedule, denoising
+        def conditioning_for(prepared) -> dict:
+            """The piece's own size, no crop offset (the model should draw a whole picture of the box), and the
+            size the model works at."""
+            time_ids = self._get_add_time_ids(prepared.original_size, (0, 0), (prepared.height, prepared.width),
+                                              dtype=prompt_embeds.dtype, text_encoder_projection_dim=projection_dim)
+            time_ids = time_ids.to(device).repeat(batch_size * (2 if do_cfg else 1), 1)
+            return {"prompt_embeds": prompt_embeds, "add_text_embeds": pooled.to(device), "add_time_ids": time_ids}
 
         def unet_call(model_input: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
             added = {"text_embeds": cond["add_text_embeds"], "time_ids": cond["add_time_ids"]}
             return self.unet(model_input, t, encoder_hidden_states=cond["prompt_embeds"], added_cond_kwargs=added,
                              cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
 
-        predict_noise = self.guided_noise_predictor(conditioning, unet_call, guidance_scale, guidance_rescale)
-        latents = self.blended_denoise(z0, mask, timesteps, predict_noise, generator,
-                                       fresh_noise=background_noise == "fresh",
-                                       mask_dilation_iterations=mask_dilation_iterations,
-                                       callback_on_step_end=callback_on_step_end, eta=eta,
-                                       callback_tensors=conditioning, callback_tensor_inputs=tensor_inputs,
-                                       guidance_cutoff=guidance_cutoff)
-
-        # 8. Decode, reconstruct the background, restore the input's size, rank
-        finishing = Finishing(reconstruction, feather, reconstruction_steps, reconstruction_crop, scorer,
-                              reconstruction_background_weight, paste_outside)
-        output = self.finish(latents, prepared, output_type, prompt, finishing, prompt_embeds.dtype)
+        output = self.run_blended_edit(
+            image, mask_image, params, conditioning_for=conditioning_for, unet_call=unet_call,
+            guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, generator=generator,
+            batch_size=batch_size, dtype=prompt_embeds.dtype, output_type=output_type, prompt=prompt, scorer=scorer,
+            callback_on_step_end=callback_on_step_end, tensor_inputs=tensor_inputs, eta=eta)
         self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()
