@@ -361,16 +361,19 @@ def test_at_the_limit_is_fine(tmp_path):
     assert load_image(path, max_pixels=400).size == (20, 20)
 
 
-def test_real_20_megapixel_png_against_default_limit(tmp_path):
-    assert MAX_PIXELS == 4096 * 4096
+def test_48_megapixel_photo_is_accepted_and_100_megapixels_is_the_default_limit(tmp_path):
+    assert MAX_PIXELS == 100_000_000
+    path = tmp_path / "camera.png"
+    Image.new("1", (8000, 6000)).save(path)
+    assert load_image(path).size == (8000, 6000)
     path = tmp_path / "huge.png"
-    Image.new("1", (5000, 4000)).save(path)
+    Image.new("1", (10200, 10000)).save(path)
     with pytest.raises(
         InputError,
-        match=r"'.*huge\.png' is 5000x4000 \(20\.0 MP\); the limit is 16\.8 MP: downscale it first",
+        match=r"'.*huge\.png' is 10200x10000 \(102\.0 MP\); the limit is 100\.0 MP: downscale it first",
     ):
         load_image(path)
-    with pytest.raises(InputError, match="5000x4000"):
+    with pytest.raises(InputError, match="10200x10000"):
         load_mask(path)
 
 

@@ -175,8 +175,8 @@ def test_other_refusals(editor, monkeypatch):
     message = editor.edit(image, mask, "a cat", values={**FAST, "width": "63"}).message
     assert re.search(r"width=63 must be a multiple of \d+", message)  # the pipeline's own check
     monkeypatch.setattr(webapp, "MAX_EDIT_PIXELS", 32 * 32)
-    message = editor.edit(image, mask, "a cat", values=FAST).message
-    assert "editing above" in message and "set a width (or height) under More parameters" in message
+    message = editor.edit(image, mask, "a cat", values={**FAST, "crop": "off"}).message
+    assert "editing above" in message and "set crop to auto, or a width (or height)" in message
     assert not list(editor.results_dir.iterdir())
 
 

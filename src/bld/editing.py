@@ -27,6 +27,7 @@ class EditResult:
     index: int  # position in the generated batch (result k used seed + k)
     score: float | None = None  # CLIP text match inside the mask, when ranked
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    crops: list[dict] = dataclasses.field(default_factory=list)  # the boxes edited and their sizes
 
 
 def with_seed(params: EditParams) -> EditParams:
@@ -56,7 +57,8 @@ def run_edit(pipe, image, mask, params: EditParams, scorer=None, callback_on_ste
         guidance_cutoff=params.guidance_cutoff,
         skip_fraction=params.skip_fraction, negative_prompt=params.negative_prompt,
         num_images_per_prompt=params.num_images, generator=[torch.Generator().manual_seed(s) for s in seeds],
-        invert_mask=params.invert_mask, height=params.height, width=params.width,
+        invert_mask=params.invert_mask, height=params.height, width=params.width, crop=params.crop,
+        crop_padding=params.crop_padding,
         latent_mask_mode=params.latent_mask_mode, background_noise=params.background_noise,
         mask_dilation_iterations=params.mask_dilation_iterations, reconstruction=params.reconstruction,
         feather=params.feather, reconstruction_steps=params.reconstruction_steps,
@@ -66,10 +68,19 @@ def run_edit(pipe, image, mask, params: EditParams, scorer=None, callback_on_ste
     )
     order = output.order or list(range(len(output.images)))
     scores = output.scores or [None] * len(order)
-    edited_region = edit_region(mask, params.invert_mask)
-    return [EditResult(img, seeds[k], k, score,
-                       compute_metrics(image, img, edited_region, prompt=params.prompt, scorer=scorer))
+    edited_region = edit_region(mask, params.invert_mask, image.size)
+    crops = output.crops or []
+    windows = stitched_boxes(crops, image.size)
+    return [EditResult(img, seeds[k], k, score, compute_metrics(image, img, edited_region, prompt=params.prompt,
+                                                                scorer=scorer, windows=windows), crops)
             for img, k, score in zip(output.images, order, scores)]
+
+
+def stitched_boxes(crops: list[dict], size: tuple[int, int]) -> list[tuple[int, int, int, int]] | None:
+    """The boxes of a crop-and-stitch edit (outside them the result is the input), or None when the whole
+    image was edited."""
+    boxes = [tuple(c["box"]) for c in crops]
+    return None if not boxes or boxes == [(0, 0, *size)] else boxes
 
 
 GENERAL_VOCABULARY = 10_000
@@ -89,8 +100,11 @@ def unknown_words(tokenizer, prompt: str) -> tuple[list[str], list[str]]:
     return unknown, known
 
 
-def edit_region(mask: PIL.Image.Image, invert: bool) -> np.ndarray:
-    """The region actually edited, as a boolean (H, W) array: the mask thresholded at half, inverted if asked."""
+def edit_region(mask: PIL.Image.Image, invert: bool, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The region actually edited, as a boolean (H, W) array: the mask thresholded at half, inverted if asked,
+    resized (nearest) to `size` (width, height) when given and different, as the pipeline does."""
+    if size is not None and mask.size != tuple(size):
+        mask = mask.convert("L").resize(tuple(size), PIL.Image.NEAREST)
     region = np.asarray(mask.convert("L")) >= 128
     return ~region if invert else region
 
@@ -102,7 +116,7 @@ def result_metadata(params: EditParams, result: EditResult, model: str) -> dict[
     own = dataclasses.replace(params, seed=result.seed, num_images=1)
     name = model_name(model)
     record = {"params": own.to_dict(), "batch_seed": params.seed, "index": result.index, "model": name,
-              "score": result.score, "metrics": result.metrics, "bld_version": __version__}
+              "score": result.score, "metrics": result.metrics, "crops": result.crops, "bld_version": __version__}
     return {METADATA_KEY: json.dumps(json_safe(record), sort_keys=True), "parameters": a1111_parameters(own, name)}
 
 

@@ -35,10 +35,13 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Largest accepted width * height (about 16.8 megapixels).
-MAX_PIXELS = 4096 * 4096
+#: Largest accepted width * height by default: 100 megapixels (a 50 MP camera's 8688x5792 fits). An edit
+#: crops around the mask (crop 'auto'), so its cost does not grow with the photo; the front ends take
+#: --max-megapixels to change it.
+MAX_PIXELS = 100_000_000
 
-#: Largest image edited at its own size; above it the front ends ask for a smaller width or height.
+#: Largest image edited whole at its own size (crop 'off'); above it the front ends ask for crop 'auto' or a
+#: smaller width or height.
 MAX_EDIT_PIXELS = 2048 * 2048
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import PIL.Image
 import torch
 import torch.nn.functional as F
 
@@ -101,17 +102,28 @@ class ClipScorer:
         std = torch.tensor(CLIP_STD, dtype=torch.float32).view(3, 1, 1)
         batch, keeps = [], {}
         for i, image in enumerate(images):
-            rgb = as_rgb_array(image, f"image {i}")
-            shape = rgb.shape[:2]
+            shape = _height_width(image)
             box = None
             if mask is not None:
                 if shape not in keeps:
                     keep = as_mask_array(mask, (shape[1], shape[0]))
                     keeps[shape] = keep, _bounding_box(keep)
                 keep, box = keeps[shape]
-                rgb = rgb * keep[..., None]
-            x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
-            x = _square_around(x, box) if box is not None else _center_square(x, size)
+            if box is not None:  # only the square's pixels are converted: a 50 MP photo costs its square
+                y0, x0, side = _square_window(shape, box)
+                ys, xs = slice(max(0, y0), min(shape[0], y0 + side)), slice(max(0, x0), min(shape[1], x0 + side))
+                part = (image.crop((xs.start, ys.start, xs.stop, ys.stop)) if isinstance(image, PIL.Image.Image)
+                        else np.asarray(image)[ys, xs])
+                rgb = as_rgb_array(part, f"image {i}") * keep[ys, xs][..., None]
+                x = torch.zeros(3, side, side)
+                x[:, ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0] = torch.from_numpy(
+                    np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
+            else:
+                rgb = as_rgb_array(image, f"image {i}")
+                if mask is not None:
+                    rgb = rgb * keep[..., None]
+                x = _center_square(torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1),
+                                   size)
             if x.shape[1:] != (size, size):
                 x = F.interpolate(x[None], size=(size, size), mode="bicubic", antialias=True,
                                   align_corners=False)[0].clamp(0.0, 1.0)
@@ -172,16 +184,21 @@ def _window(start: int, end: int, length: int, side: int) -> int:
     return min(max(0, (start + end - side) // 2), length - side)
 
 
-def _square_around(x: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
-    """The square crop of the image x (3, H, W) that holds `box`, zero (black) where it leaves the image."""
-    height, width = x.shape[1:]
+def _height_width(image: Any) -> tuple[int, int]:
+    if isinstance(image, PIL.Image.Image):
+        return image.height, image.width
+    shape = np.shape(image)
+    return int(shape[0]), int(shape[1])
+
+
+def _square_window(shape: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[int, int, int]:
+    """(top, left, side) of the square view of an image of `shape` (height, width) that holds `box`: the
+    image's short side (or the box's longer side when that is longer), centered on the box; top and left
+    are negative where the square begins before the image (black there)."""
+    height, width = shape
     top, bottom, left, right = box
     side = max(min(height, width), bottom - top, right - left)
-    y0, x0 = _window(top, bottom, height, side), _window(left, right, width, side)
-    view = x.new_zeros(3, side, side)
-    ys, xs = slice(max(0, y0), min(height, y0 + side)), slice(max(0, x0), min(width, x0 + side))
-    view[:, ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0] = x[:, ys, xs]
-    return view
+    return _window(top, bottom, height, side), _window(left, right, width, side), side
 
 
 def _center_square(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -96,6 +96,11 @@ def add_runtime_flags(parser: argparse.ArgumentParser, gpu_options: bool = True,
     add_verbose_flag(parser)
 
 
+def add_size_limit_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-megapixels", type=float, default=None, metavar="X",
+                        help=f"refuse input images larger than this (default {MAX_PIXELS / 1e6:g} MP)")
+
+
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show the libraries' loading bars and warnings")
@@ -114,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="result PNG; with several results: NAME-1.png, NAME-2.png, ...")
     add_param_flags(edit)
     add_runtime_flags(edit)
+    add_size_limit_flag(edit)
 
     rec = sub.add_parser("reconstruct", help="restore the background of results already produced",
                          description="Reconstruct the background of RESULT(s) from ORIGINAL outside MASK "
@@ -147,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     add_runtime_flags(serve, outputs=False)
+    add_size_limit_flag(serve)
 
     add_eval_parser(sub)
     return parser
@@ -244,10 +251,22 @@ def output_paths(output: str, count: int, overwrite: bool) -> list[Path]:
 
 
 def check_edit_size(image, params: EditParams) -> None:
-    if params.width is None and params.height is None and image.width * image.height > MAX_EDIT_PIXELS:
+    """Only a whole-image edit at the image's own size (crop 'off', no width or height) grows with the photo."""
+    if (params.crop == "off" and params.width is None and params.height is None
+            and image.width * image.height > MAX_EDIT_PIXELS):
         raise InputError(f"the image is {image.width}x{image.height}; editing above {MAX_EDIT_PIXELS // 2**20} MP "
-                         f"at full size needs too much memory: pass --width (or --height) to edit at a smaller "
-                         f"size; the result is resized back")
+                         f"whole at full size needs too much memory: use --crop auto (edit around the mask), or "
+                         f"--width (or --height) to edit at a smaller size; the result is resized back")
+
+
+def max_pixels(args: argparse.Namespace) -> int:
+    """The input size limit from --max-megapixels (default image_io.MAX_PIXELS)."""
+    from ..params import check_range
+
+    if args.max_megapixels is None:
+        return MAX_PIXELS
+    check_range("--max-megapixels", args.max_megapixels, 0.001, 10_000)
+    return int(args.max_megapixels * 1e6)
 
 
 def check_model_source(model: str | None) -> None:
@@ -327,8 +346,9 @@ def run_edit_command(args: argparse.Namespace) -> dict:
     # every check on the files and parameters comes before torch and the model are loaded
     params = params_from_args(args, model_edit_defaults(args.model))
     paths = output_paths(args.output, params.num_images, args.overwrite)
-    image = load_image(args.image, max_pixels=MAX_PIXELS)
-    mask = check_same_aspect(image, load_mask(args.mask, max_pixels=MAX_PIXELS), image_name=args.image,
+    limit = max_pixels(args)
+    image = load_image(args.image, max_pixels=limit)
+    mask = check_same_aspect(image, load_mask(args.mask, max_pixels=limit), image_name=args.image,
                              mask_name=args.mask)
     check_edit_size(image, params)
     check_mask_region(mask, params.invert_mask)
@@ -404,6 +424,7 @@ def run_serve_command(args: argparse.Namespace) -> dict:
                + ("" if args.model else ": no model given and no bundled model installed"))
     quiet_loading(args)
     serve(model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, clip_model=args.clip_model,
+          max_pixels=max_pixels(args),
           compile=args.compile, channels_last=args.channels_last,
           on_ready=lambda url: notice(f"serving on {url} (Ctrl-C to stop)"))
     return {"outputs": [], "model": model}

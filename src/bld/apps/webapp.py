@@ -200,11 +200,12 @@ def _parse_number(field: dataclasses.Field, text: str, kind: type) -> int | floa
 
 
 def check_web_edit_size(image: PIL.Image.Image, params: EditParams) -> None:
-    """The CLI's full-size editing limit (image_io.MAX_EDIT_PIXELS), worded for the page."""
-    if params.width is None and params.height is None and image.width * image.height > MAX_EDIT_PIXELS:
+    """The CLI's limit on whole-image edits at full size (image_io.MAX_EDIT_PIXELS), worded for the page."""
+    if (params.crop == "off" and params.width is None and params.height is None
+            and image.width * image.height > MAX_EDIT_PIXELS):
         raise InputError(f"the image is {image.width}x{image.height}; editing above {MAX_EDIT_PIXELS // 2**20} MP "
-                         f"at full size needs too much memory: set a width (or height) under More parameters "
-                         f"to edit at a smaller size; the results are resized back")
+                         f"whole at full size needs too much memory: set crop to auto, or a width (or height) "
+                         f"under More parameters to edit at a smaller size; the results are resized back")
 
 
 def _fmt(value: Any, digits: int) -> Any:
@@ -221,10 +222,11 @@ class WebEditor:
     folder that this editor owns."""
 
     def __init__(self, pipe, scorer=None, model: str = "", results_dir: str | os.PathLike | None = None,
-                 keep_requests: int = KEEP_REQUESTS):
+                 keep_requests: int = KEEP_REQUESTS, max_pixels: int = MAX_PIXELS):
         from ..pipelines.schedulers import make_scheduler
 
         self.pipe, self.scorer, self.model = pipe, scorer, model
+        self.max_pixels = max_pixels
         self._make_scheduler = make_scheduler
         self.base_scheduler = pipe.scheduler
         self.results_dir = Path(results_dir) if results_dir else Path(tempfile.mkdtemp(prefix="bld-web-results-"))
@@ -307,7 +309,7 @@ class WebEditor:
             return EditOutcome(message=error_message(f"unknown parameter(s) {', '.join(unknown)}; known: "
                                                      f"{', '.join(sorted(known))}"))
         try:
-            image = load_source(image_path, max_mb=max_mb)
+            image = load_source(image_path, max_mb=max_mb, max_pixels=self.max_pixels)
             check_upload(mask_path, "mask", max_mb)
             try:
                 mask = check_same_aspect(image, load_mask(mask_path), image_name="image", mask_name="mask")
@@ -480,7 +482,7 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
             if not path:
                 return None, None, "Upload an image to start."
             try:
-                image = load_source(path, max_mb=max_upload_mb)
+                image = load_source(path, max_mb=max_upload_mb, max_pixels=editor.max_pixels)
             except InputError as exc:
                 return None, None, error_message(exc)
             return (image, editor_value(image),
@@ -549,6 +551,7 @@ def launch_kwargs(host: str, port: int | None, max_upload_mb: float = MAX_UPLOAD
 
 def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int | None = 7860, device: str = "auto",
           dtype: str = "auto", clip_model: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
+          max_pixels: int = MAX_PIXELS,
           block: bool = True, on_ready: Callable[[str], None] | None = None, compile: bool = False,
           channels_last: bool = False):
     """Load the model once (default: the bundled one) and serve the page until Ctrl-C or SIGTERM. Uploads,
@@ -568,7 +571,8 @@ def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int | None
                          channels_last=channels_last)
     pipe.set_progress_bar_config(disable=True)
     scorer = load_scorer(clip_model, model, pipe.device)
-    app = build_app(pipe, scorer, model=model, results_dir=root / "results", max_upload_mb=max_upload_mb)
+    editor = WebEditor(pipe, scorer, model, root / "results", max_pixels=max_pixels)
+    app = build_app(pipe, scorer, model=model, max_upload_mb=max_upload_mb, editor=editor)
     app.bld_root = root
     app.queue(default_concurrency_limit=1, max_size=32)
     try:

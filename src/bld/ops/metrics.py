@@ -87,14 +87,21 @@ def _pair(original: Any, result: Any, mask: Any) -> tuple[np.ndarray, np.ndarray
 
 def background_psnr(original: Any, result: Any, mask: Any) -> float:
     """PSNR in dB (peak 1.0) between original and result over the pixels outside the mask; inf if identical."""
-    orig, res, edited = _pair(original, result, mask)
+    return _psnr(*_psnr_terms(*_pair(original, result, mask)))
+
+
+def _psnr_terms(orig: np.ndarray, res: np.ndarray, edited: np.ndarray) -> tuple[float, int]:
+    """(sum of squared errors, number of values) outside the mask."""
     outside = ~edited
-    if not outside.any():
+    return float(np.sum((orig[outside] - res[outside]) ** 2)), int(outside.sum()) * orig.shape[2]
+
+
+def _psnr(squared_error: float, count: int) -> float:
+    if count == 0:
         return math.nan
-    mse = float(np.mean((orig[outside] - res[outside]) ** 2))
-    if mse == 0.0:
+    if squared_error == 0.0:
         return math.inf
-    return 10.0 * math.log10(1.0 / mse)
+    return 10.0 * math.log10(count / squared_error)
 
 
 def background_ssim(original: Any, result: Any, mask: Any) -> float:
@@ -104,16 +111,21 @@ def background_ssim(original: Any, result: Any, mask: Any) -> float:
     the background score through windows that straddle the mask boundary: the value is 1.0 exactly when
     the background is unchanged, whatever the edit.
     """
-    orig, res, edited = _pair(original, result, mask)
+    total, count = _ssim_terms(*_pair(original, result, mask))
+    return total / count if count else math.nan
+
+
+def _ssim_terms(orig: np.ndarray, res: np.ndarray, edited: np.ndarray) -> tuple[float, int]:
+    """(sum of the SSIM map over the pixels outside the mask, their number)."""
     outside = ~edited
     if not outside.any():
-        return math.nan
+        return 0.0, 0
     if min(orig.shape[:2]) < _SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least {_SSIM_WINDOW}x{_SSIM_WINDOW} pixels, got "
                          f"{_size_text(orig.shape[1], orig.shape[0])}")
     res = np.where(edited[..., None], orig, res)
     _, ssim_map = structural_similarity(orig, res, full=True, channel_axis=-1, data_range=1.0)
-    return float(ssim_map.mean(axis=-1)[outside].mean())
+    return float(ssim_map.mean(axis=-1)[outside].sum()), int(outside.sum())
 
 
 _DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0))
@@ -132,7 +144,12 @@ def edge_color_difference(result: Any, mask: Any, *, width: int = 2) -> float:
     """
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
         raise ValueError(f"width must be an integer >= 1, got {width!r}")
-    rgb, edited = _image_and_mask(result, mask, "result")
+    total, count = _edge_terms(*_image_and_mask(result, mask, "result"), width)
+    return total / count if count else math.nan
+
+
+def _edge_terms(rgb: np.ndarray, edited: np.ndarray, width: int) -> tuple[float, int]:
+    """(sum of the color differences across the mask boundary, number of crossings)."""
     height, wide = edited.shape
     lab = rgb2lab(rgb)
     pad = width + 1
@@ -159,20 +176,80 @@ def edge_color_difference(result: Any, mask: Any, *, width: int = 2) -> float:
                 count += running
             means.append(total[crossing] / count[crossing][:, None])
     if not inside_means:
-        return math.nan
+        return 0.0, 0
     delta = deltaE_ciede2000(np.concatenate(inside_means), np.concatenate(outside_means), channel_axis=-1)
-    return float(np.mean(delta))
+    return float(np.sum(delta)), int(delta.size)
 
 
 def compute_metrics(original: Any, result: Any, mask: Any, *, prompt: str | None = None,
-                    scorer: TextScorer | None = None) -> dict[str, float]:
+                    scorer: TextScorer | None = None,
+                    windows: list[tuple[int, int, int, int]] | None = None) -> dict[str, float]:
     """All metrics of one result: background_psnr, background_ssim, edge_delta_e, and text_match (CLIP cosine
-    of the prompt and the result with the background blacked out) when both a prompt and a scorer are given."""
-    metrics = {
-        "background_psnr": background_psnr(original, result, mask),
-        "background_ssim": background_ssim(original, result, mask),
-        "edge_delta_e": edge_color_difference(result, mask),
-    }
+    of the prompt and the result with the background blacked out) when both a prompt and a scorer are given.
+
+    windows: (left, top, right, bottom) boxes outside which `result` is `original` pixel for pixel and `mask`
+    is empty (a crop-and-stitch edit's crops). The image numbers are then computed on the boxes grown by a
+    margin and extended to the whole image exactly, so a 50 MP photo costs what its crops cost."""
+    if windows:
+        metrics = _windowed_metrics(original, result, mask, windows)
+    else:
+        metrics = {"background_psnr": background_psnr(original, result, mask),
+                   "background_ssim": background_ssim(original, result, mask),
+                   "edge_delta_e": edge_color_difference(result, mask)}
     if scorer is not None and prompt is not None:
         metrics["text_match"] = float(scorer.text_match(result, prompt, mask))
     return metrics
+
+
+_WINDOW_MARGIN = _SSIM_WINDOW + 1  # beyond it an SSIM window and an edge strip see equal pixels only
+
+
+def _grown_windows(windows: list[tuple[int, int, int, int]], width: int, height: int) -> list[tuple[int, ...]]:
+    """The boxes grown by the margin and clipped to the image, overlapping ones merged into their union."""
+    boxes = [(max(0, a - _WINDOW_MARGIN), max(0, b - _WINDOW_MARGIN), min(width, c + _WINDOW_MARGIN),
+              min(height, d + _WINDOW_MARGIN)) for a, b, c, d in windows]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    boxes[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    boxes.pop(j)
+                    merged = True
+                    break
+            if merged:
+                break
+    return boxes
+
+
+def _windowed_metrics(original: Any, result: Any, mask: Any, windows: list[tuple[int, int, int, int]]) -> dict:
+    """compute_metrics' image numbers from windows, exact for the whole image: outside them the squared error
+    is 0, the SSIM of a background pixel is 1 (its neighbourhood is equal in both images) and there is no
+    mask boundary."""
+    edited = as_mask_array(mask)
+    height, width = edited.shape
+    boxes = _grown_windows(windows, width, height)
+    if sum(int(edited[y0:y1, x0:x1].sum()) for x0, y0, x1, y1 in boxes) != int(edited.sum()):
+        raise ValueError(f"the mask reaches outside the metrics windows {windows}")
+
+    def part(image: Any, box: tuple[int, ...]) -> Any:
+        x0, y0, x1, y1 = box
+        return image.crop(box) if isinstance(image, PIL.Image.Image) else np.asarray(image)[y0:y1, x0:x1]
+
+    squared_error = ssim_sum = edge_sum = 0.0
+    ssim_count = edge_count = 0
+    for box in boxes:
+        x0, y0, x1, y1 = box
+        orig, res, sub = _pair(part(original, box), part(result, box), edited[y0:y1, x0:x1])
+        error, _ = _psnr_terms(orig, res, sub)
+        total, count = _ssim_terms(orig, res, sub)
+        edges, crossings = _edge_terms(res, sub, 2)
+        squared_error, ssim_sum, ssim_count = squared_error + error, ssim_sum + total, ssim_count + count
+        edge_sum, edge_count = edge_sum + edges, edge_count + crossings
+    outside = int((~edited).sum())
+    ssim_sum += outside - ssim_count  # every background pixel outside the windows scores 1
+    return {"background_psnr": _psnr(squared_error, outside * 3),
+            "background_ssim": ssim_sum / outside if outside else math.nan,
+            "edge_delta_e": edge_sum / edge_count if edge_count else math.nan}

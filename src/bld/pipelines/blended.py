@@ -559,7 +559,8 @@ class BlendedLatentMixin:
         return self.ranked(images, has_nsfw, prompt, prepared.source_mask[0, 0].cpu().numpy(), finishing, output_type)
 
     def finish_crops(self, latents: list[torch.Tensor], plan: EditPlan, image, output_type: str,
-                     prompt: str | list[str], finishing: Finishing, prompt_dtype) -> BlendedLatentDiffusionPipelineOutput:
+                     prompt: str | list[str], finishing: Finishing,
+                     prompt_dtype) -> BlendedLatentDiffusionPipelineOutput:
         """Each crop decoded and reconstructed at its box's size, pasted into the input at full resolution:
         outside the crops every pixel is the input's, never re-encoded."""
         results, has_nsfw = None, None
@@ -583,16 +584,28 @@ class BlendedLatentMixin:
 
     def full_size_copies(self, image, output_type: str, count: int):
         """`count` copies of the input at its own size in the output type (PIL RGB, (B, H, W, 3) float array in
-        [0, 1], or (B, 3, H, W) tensor): the canvases the crops are pasted into."""
-        if output_type == "pil" and isinstance(image, PIL.Image.Image):
+        [0, 1], or (B, 3, H, W) tensor): the canvases the crops are pasted into, equal to the input's values."""
+        if isinstance(image, PIL.Image.Image):
             base = image.convert("RGB")
-            return [base.copy() for _ in range(count)]
-        base = self.image_processor.postprocess(self.at_own_size(to_unit_range(image)), output_type=output_type)
-        if output_type == "pil":
-            return [base[0].copy() for _ in range(count)]
+            if output_type == "pil":
+                return [base.copy() for _ in range(count)]
+            base = np.asarray(base, dtype=np.float32) / 255.0
+        else:
+            base = to_unit_range(image)
+            if isinstance(base, torch.Tensor):
+                base = base.float().cpu().numpy()
+                base = base[0] if base.ndim == 4 else base
+                base = np.moveaxis(base, 0, -1) if base.ndim == 3 and base.shape[0] in (1, 3) else base
+            base = np.asarray(base, dtype=np.float32)
+            base = base[0] if base.ndim == 4 else base
+            base = np.repeat(base[..., None], 3, axis=-1) if base.ndim == 2 else base
+            base = np.repeat(base, 3, axis=-1) if base.shape[-1] == 1 else base
+            if output_type == "pil":
+                return [PIL.Image.fromarray(np.round(np.clip(base, 0, 1) * 255).astype(np.uint8))
+                        for _ in range(count)]
         if output_type == "np":
-            return np.repeat(base, count, axis=0)
-        return base.repeat(count, 1, 1, 1)
+            return np.repeat(base[None], count, axis=0)
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(base, -1, 0)))[None].repeat(count, 1, 1, 1)
 
     def ranked(self, images, has_nsfw, prompt, region: np.ndarray, finishing: Finishing,
                output_type: str) -> BlendedLatentDiffusionPipelineOutput:
