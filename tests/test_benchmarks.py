@@ -21,3 +21,10 @@ def test_gpu_benchmark_runs_tiny_on_the_cpu(capsys):
     assert all(r["seconds"] > 0 and r["unet_steps"] == 3 and r["floor_share"] is None for r in result["rows"])
     assert set(result["ratios"]) == {f"{f}_b{b}_ours_over_diffusers" for f in ("sd15", "sdxl") for b in (1, 2)}
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith('{"benchmark": "gpu_edit"')
+
+
+def test_crop_and_stitch_benchmark_runs_tiny_on_the_cpu(capsys):
+    result = load("bench_crop_and_stitch").main(["--tiny", "--sizes", "1", "--steps", "2", "--whole-up-to", "0"])
+    row = result["sizes"][1]
+    assert row["s_ours"] > 0 and row["s_theirs"] > 0 and "s_ours_whole_image" not in row
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith('{"benchmark": "crop_and_stitch"')

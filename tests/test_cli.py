@@ -169,7 +169,7 @@ def bad_file(folder, name, content):
     ("hub_unreachable", "'someone/some-model' is not a local folder and the Hugging Face Hub cannot be reached "
                         "from here: pass --model with a diffusers folder"),
     ("tiny_image", "each side must be at least"),
-    ("huge_for_editing", "pass --width"),
+    ("huge_for_editing", "use --crop auto (edit around the mask), or --width"),
     ("bad_choice", "invalid choice"),
     ("bad_device", "unknown device"),
 ])
@@ -221,6 +221,7 @@ def test_bad_input_gets_one_line_and_no_output(files, capsys, monkeypatch, case,
     elif case == "huge_for_editing":
         image = bad_file(folder, "big.png", PIL.Image.new("RGB", (3000, 2000), "gray"))
         mask = bad_file(folder, "bigmask.png", make_mask((3000, 2000), box=(10, 10, 500, 500)))
+        extra += ["--crop", "off"]  # crop 'auto' (the default) edits it around the mask
     elif case == "bad_choice":
         extra += ["--latent-mask-mode", "bilinear"]
     elif case == "bad_device":

@@ -263,10 +263,13 @@ def test_edit_event_queues_on_one_model_and_can_be_cancelled(pipe, tmp_path):
         assert fn.concurrency_limit == 1 and fn.concurrency_id == edit.concurrency_id and fn.queue
     api = next(fn for fn in app.fns.values() if fn.api_name == "edit_files")  # the HTTP API queues with them
     assert api.concurrency_limit == 1 and api.concurrency_id == edit.concurrency_id
-    others = [fn for fn in app.fns.values() if fn.fn is not edit.fn and fn is not api]
-    assert all(fn.concurrency_id != edit.concurrency_id for fn in others)  # uploads do not wait for edits
+    outpaint = next(i for i, fn in app.fns.items() if fn.api_name == "outpaint")  # and so does outpainting
+    assert app.fns[outpaint].concurrency_limit == 1 and app.fns[outpaint].concurrency_id == edit.concurrency_id
+    uses_model = {id(edit.fn), id(api.fn), id(app.fns[outpaint].fn)}
+    others = [fn for fn in app.fns.values() if id(fn.fn) not in uses_model]
+    assert others and all(fn.concurrency_id != edit.concurrency_id for fn in others)  # uploads do not wait
     cancelling = [d for d in app.get_config_file()["dependencies"] if d["cancels"]]
-    assert len(cancelling) == 1 and sorted(cancelling[0]["cancels"]) == sorted(edits)
+    assert len(cancelling) == 1 and sorted(cancelling[0]["cancels"]) == sorted([*edits, outpaint])
     assert cancelling[0]["targets"][0][0] == next(b for b in app.blocks.values() if b.elem_id == "stop")._id
 
 

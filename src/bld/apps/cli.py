@@ -17,6 +17,7 @@ import numpy as np
 import PIL.Image
 
 from ..image_io import MAX_EDIT_PIXELS, MAX_PIXELS, InputError
+from ..outpainting import DEFAULT_OVERLAP, FILLS
 from ..params import EditParams, field_flag, field_value_type
 
 RUNTIME_FLAGS = ("model", "device", "dtype")
@@ -29,12 +30,12 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_param_flags(parser: argparse.ArgumentParser) -> None:
+def add_param_flags(parser: argparse.ArgumentParser, leave_out: tuple[str, ...] = ()) -> None:
     """One flag per EditParams field (the prompt is positional), with its default, range and help. A flag not
     given is None: params_from_args fills in the model's recommended value or the field's default."""
     group = parser.add_argument_group("edit parameters", bundled_defaults_note())
     for field in dataclasses.fields(EditParams):
-        if field.name == "prompt":
+        if field.name == "prompt" or field.name in leave_out:
             continue
         meta, flag = field.metadata, field_flag(field)
         help_text = meta["help"]
@@ -71,7 +72,8 @@ def bundled_defaults_note() -> str:
 
 def params_from_args(args: argparse.Namespace, model_defaults: dict | None = None) -> EditParams:
     """The flags given, over `model_defaults` (a model's recommended values), over EditParams' defaults."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(EditParams) if getattr(args, f.name) is not None}
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(EditParams)
+             if getattr(args, f.name, None) is not None}
     return EditParams.from_dict({**(model_defaults or {}), **given})
 
 
@@ -120,6 +122,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_param_flags(edit)
     add_runtime_flags(edit)
     add_size_limit_flag(edit)
+
+    out = sub.add_parser("outpaint", help="extend the image on any side and draw the new area to follow a prompt",
+                         description="Extend IMAGE by the given pixels on each side and draw the new area (and a "
+                                     "narrow band of the old border) to follow PROMPT; every other original "
+                                     "pixel is kept. The result is the input's size plus the extension.")
+    out.add_argument("image", help="the image to extend (PNG, JPEG, WebP, TIFF, ...)")
+    out.add_argument("prompt", help="what the new area should show")
+    out.add_argument("-o", "--output", required=True,
+                     help="result PNG; with several results: NAME-1.png, NAME-2.png, ...")
+    for side in ("left", "right", "top", "bottom"):
+        out.add_argument(f"--{side}", type=int, default=0, metavar="PX", help=f"pixels to add on the {side}")
+    out.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, metavar="PX",
+                     help=f"band inside the old border that is redrawn too, so the seam vanishes (default "
+                          f"{DEFAULT_OVERLAP})")
+    out.add_argument("--fill", choices=FILLS, default="edge",
+                     help="how the new area is pre-filled before the model draws it: edge (the border's colors, "
+                          "blurred outward; default) or telea (OpenCV inpainting)")
+    add_param_flags(out, leave_out=("invert_mask",))
+    add_runtime_flags(out)
+    add_size_limit_flag(out)
 
     rec = sub.add_parser("reconstruct", help="restore the background of results already produced",
                          description="Reconstruct the background of RESULT(s) from ORIGINAL outside MASK "
@@ -172,6 +194,8 @@ def add_eval_parser(sub) -> None:
                     help="smoke-test sizes: 6 tasks, 4 thin tasks, 20 steps, 3 example rows (explicit flags win)")
     ev.add_argument("--tasks", type=int, metavar="N", help="main-suite tasks, kinds in turn (default 72)")
     ev.add_argument("--thin-tasks", type=int, metavar="N", help="thin-suite tasks (default 48)")
+    ev.add_argument("--large-tasks", type=int, metavar="N",
+                    help="large-canvas tasks: crop-and-stitch against whole-canvas and downscaled edits (default 24)")
     ev.add_argument("--steps", type=int, metavar="N", help="diffusion steps of the full schedule (default 50)")
     ev.add_argument("--num-results", type=int, metavar="N", help="results per task and method (default 4)")
     ev.add_argument("--seed", type=int, metavar="N", help="suite and edit seed (default 0)")
@@ -191,7 +215,7 @@ def add_eval_parser(sub) -> None:
     add_runtime_flags(ev, gpu_options=False)
 
 
-EVAL_OVERRIDES = {"tasks": "tasks", "thin_tasks": "thin_tasks", "steps": "steps", "num_results": "num_images",
+EVAL_OVERRIDES = {"tasks": "tasks", "thin_tasks": "thin_tasks", "large_tasks": "large_tasks", "steps": "steps", "num_results": "num_images",
                   "seed": "seed", "skip_fraction": "skip_fraction", "shrink": "shrink", "guidance": "guidance_scale",
                   "reconstruction_steps": "reconstruction_steps", "reconstruct_top": "reconstruct_top",
                   "examples": "examples"}
@@ -250,13 +274,13 @@ def output_paths(output: str, count: int, overwrite: bool) -> list[Path]:
     return paths
 
 
-def check_edit_size(image, params: EditParams) -> None:
+def check_edit_size(size: tuple[int, int], params: EditParams) -> None:
     """Only a whole-image edit at the image's own size (crop 'off', no width or height) grows with the photo."""
-    if (params.crop == "off" and params.width is None and params.height is None
-            and image.width * image.height > MAX_EDIT_PIXELS):
-        raise InputError(f"the image is {image.width}x{image.height}; editing above {MAX_EDIT_PIXELS // 2**20} MP "
-                         f"whole at full size needs too much memory: use --crop auto (edit around the mask), or "
-                         f"--width (or --height) to edit at a smaller size; the result is resized back")
+    width, height = size
+    if params.crop == "off" and params.width is None and params.height is None and width * height > MAX_EDIT_PIXELS:
+        raise InputError(f"the image is {width}x{height}; editing above {MAX_EDIT_PIXELS // 2**20} MP whole at full "
+                         f"size needs too much memory: use --crop auto (edit around the mask), or --width (or "
+                         f"--height) to edit at a smaller size; the result is resized back")
 
 
 def max_pixels(args: argparse.Namespace) -> int:
@@ -321,7 +345,7 @@ def warn_unknown_words(pipe, params: EditParams) -> None:
 def summarize(results, paths) -> list[dict]:
     from ..editing import json_safe
 
-    return [json_safe({"path": str(p), "seed": r.seed, "score": r.score, "metrics": r.metrics})
+    return [json_safe({"path": str(p), "seed": r.seed, "score": r.score, "metrics": r.metrics, "crops": r.crops})
             for r, p in zip(results, paths)]
 
 
@@ -341,7 +365,7 @@ def show_library_notices() -> None:
 
 def run_edit_command(args: argparse.Namespace) -> dict:
     from ..image_io import check_same_aspect, load_image, load_mask
-    from ..model_defaults import BUNDLED_MODEL_DIR, TINY_RANDOM, model_edit_defaults
+    from ..model_defaults import model_edit_defaults
 
     # every check on the files and parameters comes before torch and the model are loaded
     params = params_from_args(args, model_edit_defaults(args.model))
@@ -350,12 +374,40 @@ def run_edit_command(args: argparse.Namespace) -> dict:
     image = load_image(args.image, max_pixels=limit)
     mask = check_same_aspect(image, load_mask(args.mask, max_pixels=limit), image_name=args.image,
                              mask_name=args.mask)
-    check_edit_size(image, params)
+    check_edit_size(image.size, params)
     check_mask_region(mask, params.invert_mask)
     check_model_source(args.model)
+    return edit_and_save(args, params, image, mask, paths)
 
+
+def run_outpaint_command(args: argparse.Namespace) -> dict:
+    from ..image_io import load_image
+    from ..model_defaults import model_edit_defaults
+    from ..outpainting import Extension
+
+    params = params_from_args(args, model_edit_defaults(args.model))
+    paths = output_paths(args.output, params.num_images, args.overwrite)
+    limit = max_pixels(args)
+    image = load_image(args.image, max_pixels=limit)
+    extension = Extension(args.left, args.right, args.top, args.bottom, args.overlap, args.fill)
+    extension.check(image.size, limit)
+    check_edit_size(extension.canvas_size(image.size), params)
+    check_model_source(args.model)
+
+    from ..outpainting import outpaint_canvas
+
+    canvas, mask = outpaint_canvas(image, extension)
+    summary = edit_and_save(args, params, canvas, mask, paths,
+                            extra_metadata={"bld_outpaint": json.dumps(extension.to_dict(), sort_keys=True)})
+    return {**summary, "outpaint": extension.to_dict(), "size": list(canvas.size)}
+
+
+def edit_and_save(args: argparse.Namespace, params: EditParams, image, mask, paths: list[Path],
+                  extra_metadata: dict[str, str] | None = None) -> dict:
+    """Load the model, edit, write each result atomically with its parameters; the summary."""
     from ..editing import result_metadata, run_edit, with_seed
     from ..image_io import save_png_atomic
+    from ..model_defaults import BUNDLED_MODEL_DIR, TINY_RANDOM
 
     params = with_seed(params)
     start = time.perf_counter()
@@ -363,13 +415,13 @@ def run_edit_command(args: argparse.Namespace) -> dict:
     if model == TINY_RANDOM:
         notice("no model given and no bundled model installed: using tiny random components (results are noise)")
     elif model == str(BUNDLED_MODEL_DIR) and image.size != (64, 64):
-        notice("the bundled model knows only its 64 px world of shapes: for photos pass --model with Stable "
-               "Diffusion weights (a Hub id or a diffusers folder)")
+        notice("the bundled model knows only its world of shapes, drawn at 64 px: for photos pass --model with "
+               "Stable Diffusion weights (a Hub id or a diffusers folder)")
     warn_unknown_words(pipe, params)
     results = run_edit(pipe, image, mask, params, scorer=scorer)
     for result, path in zip(results, paths):
-        save_png_atomic(result.image, path, metadata=result_metadata(params, result, model),
-                        overwrite=args.overwrite)
+        save_png_atomic(result.image, path, metadata={**result_metadata(params, result, model),
+                                                      **(extra_metadata or {})}, overwrite=args.overwrite)
     return {"outputs": summarize(results, paths), "ranked": scorer is not None, "params": params.to_dict(),
             "model": model, "device": str(pipe.device), "seconds": round(time.perf_counter() - start, 3)}
 
@@ -511,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     if not verbose:
         quiet_libraries()
     show_library_notices()
-    command = {"edit": run_edit_command, "demo": run_demo_command, "reconstruct": run_reconstruct_command,
+    command = {"edit": run_edit_command, "outpaint": run_outpaint_command, "demo": run_demo_command, "reconstruct": run_reconstruct_command,
                "serve": run_serve_command, "eval": run_eval_command}[args.command]
     try:
         summary = command(args)

@@ -11,6 +11,7 @@ the model once and serves the page. Gradio is imported only by those two.
 
 import contextlib
 import dataclasses
+import json
 import importlib.util
 import os
 import shutil
@@ -208,6 +209,16 @@ def check_web_edit_size(image: PIL.Image.Image, params: EditParams) -> None:
                          f"under More parameters to edit at a smaller size; the results are resized back")
 
 
+def _whole_pixels(value: Any, name: str) -> int:
+    """A page's number (a float from a number box, or empty) as whole pixels."""
+    if value in (None, ""):
+        return 0
+    number = float(value)
+    if number != int(number):
+        raise InputError(f"{name} must be a whole number of pixels, got {value}")
+    return int(number)
+
+
 def _fmt(value: Any, digits: int) -> Any:
     if value is None:
         return ""
@@ -259,7 +270,7 @@ class WebEditor:
     # -- the edit -----------------------------------------------------------------------------------------
     def edit(self, image: PIL.Image.Image | None, mask: Any, prompt: str | None, negative_prompt: str | None = None,
              values: dict[str, Any] | None = None, *, progress: ProgressFn | None = None,
-             session: str = "") -> EditOutcome:
+             session: str = "", extra_metadata: dict[str, str] | None = None) -> EditOutcome:
         """Run one request: the checks (each failure is a message for the page), then the edit on the shared
         model, results best first with their scores and metrics, each saved as a PNG with its parameters."""
         if progress is None:  # not `progress or ...`: an idle gr.Progress has length 0, so it is falsy
@@ -289,7 +300,7 @@ class WebEditor:
 
         cancel = self._new_cancel_event(session)
         try:
-            return self._run(image, mask_image, params, progress, cancel)
+            return self._run(image, mask_image, params, progress, cancel, extra_metadata)
         except EditCancelled:
             return EditOutcome(message=CANCELLED_MESSAGE, params=params)
         except (InputError, ValueError) as exc:
@@ -320,8 +331,30 @@ class WebEditor:
         values = {**(model_edit_defaults(self.model) if self.model else {}), **parameters}
         return self.edit(image, mask, prompt, negative_prompt, values)
 
+    def outpaint(self, image: PIL.Image.Image | None, sides: dict[str, Any], prompt: str | None,
+                 negative_prompt: str | None = None, values: dict[str, Any] | None = None, *,
+                 progress: ProgressFn | None = None, session: str = "") -> EditOutcome:
+        """Extend the image by `sides` (left, right, top, bottom, overlap: pixels) and draw the new area to
+        follow the prompt; the same checks, queue, cancelling and saving as an edit."""
+        from ..outpainting import DEFAULT_OVERLAP, Extension, outpaint_canvas
+
+        try:
+            if image is None:
+                raise InputError("upload an image first")
+            pixels = {side: _whole_pixels(sides.get(side), side) for side in ("left", "right", "top", "bottom")}
+            overlap = sides.get("overlap")
+            extension = Extension(**pixels, overlap=DEFAULT_OVERLAP if overlap in (None, "") else
+                                  _whole_pixels(overlap, "overlap"))
+            extension.check(image.size, self.max_pixels)
+            canvas, mask = outpaint_canvas(image, extension)
+        except (InputError, ValueError) as exc:
+            return EditOutcome(message=error_message(str(exc).replace("--", "")))
+        return self.edit(canvas, mask, prompt, negative_prompt, {**(values or {}), "invert_mask": False},
+                         progress=progress, session=session,
+                         extra_metadata={"bld_outpaint": json.dumps(extension.to_dict(), sort_keys=True)})
+
     def _run(self, image, mask_image, params: EditParams, progress: ProgressFn,
-             cancel: threading.Event) -> EditOutcome:
+             cancel: threading.Event, extra_metadata: dict[str, str] | None = None) -> EditOutcome:
         from ..ops.blending import num_skipped_steps
 
         progress(0.0, desc="waiting for the model")
@@ -351,7 +384,8 @@ class WebEditor:
         outcome = EditOutcome(message="", ok=True, params=params)
         for rank, result in enumerate(results, start=1):
             path = folder / f"bld-{rank}-seed{result.seed}.png"
-            save_png_atomic(result.image, path, metadata=result_metadata(params, result, self.model))
+            save_png_atomic(result.image, path, metadata={**result_metadata(params, result, self.model),
+                                                          **(extra_metadata or {})})
             m = result.metrics
             caption = f"#{rank} · seed {result.seed}"
             if result.score is not None:
@@ -411,7 +445,9 @@ def param_control(field: dataclasses.Field, default: Any = None):
 INTRO = """# bld — Blended Latent Diffusion
 1. Upload an image. 2. Paint over the region to change (brush and eraser, with a size control), or upload a
 mask (white = change). 3. Type what the region should show and press **Edit**. Results come best first;
-each PNG carries its parameters in its metadata.
+each PNG carries its parameters in its metadata. Large photos are edited around the mask at the model's
+own size (crop "auto") and come back at full size. To extend the image instead, open **Outpaint**, give the
+pixels to add on each side and press **Outpaint**: the prompt then says what the new area should show.
 """
 
 
@@ -467,6 +503,14 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
                     for name, field in fields.items():
                         if name not in PRIMARY_FIELDS and name not in TEXT_FIELDS:
                             controls[name] = param_control(field, model_defaults.get(name))
+                with gr.Accordion("Outpaint: extend the image", open=False):
+                    with gr.Row():
+                        sides = {side: gr.Number(label=f"{side} (px)", value=0, minimum=0, precision=0,
+                                                 elem_id=f"outpaint-{side}")
+                                 for side in ("left", "right", "top", "bottom")}
+                    sides["overlap"] = gr.Number(label="overlap band (px)", value=16, minimum=0, precision=0,
+                                                 elem_id="outpaint-overlap")
+                    extend = gr.Button("Outpaint", elem_id="outpaint")
                 with gr.Row():
                     run = gr.Button("Edit", variant="primary", elem_id="run")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -508,6 +552,14 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
                 return gr.skip(), gr.skip(), gr.skip(), outcome.message
             return outcome.gallery, outcome.table, outcome.files, outcome.message
 
+        def on_outpaint(data: dict, request: gr.Request, progress=gr.Progress()):
+            values = {name: data[c] for name, c in controls.items()}
+            outcome = editor.outpaint(data[source], {side: data[c] for side, c in sides.items()}, data[prompt],
+                                      data[negative], values, progress=progress, session=request.session_hash or "")
+            if not outcome.ok:
+                return gr.skip(), gr.skip(), gr.skip(), outcome.message
+            return outcome.gallery, outcome.table, outcome.files, outcome.message
+
         def on_stop(request: gr.Request):
             running = editor.cancel(request.session_hash or "")
             return CANCELLED_MESSAGE if running else "Nothing was running."
@@ -520,7 +572,11 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
                                concurrency_limit=1, concurrency_id="model")
         submit_event = prompt.submit(on_edit, inputs, [gallery, table, downloads, status], api_visibility="private",
                                      concurrency_limit=1, concurrency_id="model")
-        stop.click(on_stop, None, status, cancels=[edit_event, submit_event], queue=False, api_visibility="private")
+        outpaint_event = extend.click(on_outpaint, {source, prompt, negative, *controls.values(), *sides.values()},
+                                      [gallery, table, downloads, status], api_name="outpaint", concurrency_limit=1,
+                                      concurrency_id="model")
+        stop.click(on_stop, None, status, cancels=[edit_event, submit_event, outpaint_event], queue=False,
+                   api_visibility="private")
 
         def edit_files(image: FileData, mask: FileData, prompt: str, negative_prompt: str = "",
                        parameters: dict | None = None) -> tuple[list[FileData], dict]:

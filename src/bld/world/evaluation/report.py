@@ -122,6 +122,16 @@ def reconstruction_table(summary: dict) -> list[str]:
     return _table(header, rows)
 
 
+def large_table(summary: dict) -> list[str]:
+    metrics, info = summary["metrics"]["large"], summary["methods"]
+    header = ["method", "batch precision [95% CI]", "best-result precision [95% CI]", "background PSNR (dB)",
+              "edge ΔE", "s / result"]
+    rows = [[info[n]["label"], pct(m["batch_precision"], m["batch_precision_ci"]),
+             pct(m["best_precision"], m["best_precision_ci"]), fixed(m["background_psnr"], 1),
+             fixed(m["edge_delta_e"], 2), fixed(m["seconds_per_result"], 2)] for n, m in metrics.items()]
+    return _table(header, rows)
+
+
 def thin_table(summary: dict) -> list[str]:
     metrics, info = summary["metrics"]["thin"], summary["methods"]
     header = ["method", "batch precision [95% CI]", "best-result precision [95% CI]", "any correct",
@@ -196,6 +206,14 @@ def markdown(summary: dict) -> str:
                   "Strokes 2-3 px wide; correct = the stroke shows the prompt's color. A refused task is one whose "
                   "mask vanishes at the latent resolution (the pipeline refuses it): its results count as wrong.",
                   "", *thin_table(summary), ""]
+    if summary["metrics"].get("large"):
+        large = summary["suites"]["large"]
+        lines += ["## Large canvas", "",
+                  f"{large['tasks']} add/replace tasks, each a 64 px scene placed as one tile of a {large['canvas']} px "
+                  "canvas of other scenes (objects of the usual size, the mask "
+                  f"{100 * large['mean_canvas_mask_fraction']:.1f}% of the canvas on average). The judge sees the "
+                  "task's own tile of each result; background PSNR is over the whole canvas.", "",
+                  *large_table(summary), ""]
     if summary["skip_sweep"]:
         lines += ["## Skipped fraction of the schedule", "", *skip_table(summary), ""]
     if summary["claims"]:

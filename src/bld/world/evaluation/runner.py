@@ -18,7 +18,7 @@ from ... import __version__
 from ...image_io import InputError
 from ..judge import EDIT_MIN_PROB
 from . import methods as M
-from . import report, scoring, suite
+from . import large_canvas, report, scoring, suite
 
 REPORT_FILES = ("report.md", "report.json", "results.jsonl")
 
@@ -30,6 +30,8 @@ class EvalConfig:
 
     tasks: int = 72  # main suite: a third each of add, replace, background
     thin_tasks: int = 48  # thin suite: half thin-object, half thin-background
+    large_tasks: int = 24  # large-canvas suite: add / replace tasks on a canvas large_scale x 64 px wide
+    large_scale: int = 3
     steps: int = 50
     num_images: int = 4
     seed: int = 0
@@ -46,20 +48,20 @@ class EvalConfig:
 
     @classmethod
     def quick(cls, **overrides) -> EvalConfig:
-        values = dict(tasks=6, thin_tasks=4, steps=20, examples=3, bootstrap=300)
+        values = dict(tasks=6, thin_tasks=4, large_tasks=2, steps=20, examples=3, bootstrap=300)
         values.update(overrides)
         return cls(**values)
 
     def __post_init__(self):
-        for name in ("tasks", "thin_tasks", "examples", "steps", "num_images", "reconstruction_steps",
-                     "reconstruct_top", "bootstrap"):
-            low = 0 if name in ("tasks", "thin_tasks", "examples") else 1
+        for name in ("tasks", "thin_tasks", "large_tasks", "examples", "steps", "num_images",
+                     "reconstruction_steps", "reconstruct_top", "bootstrap", "large_scale"):
+            low = 0 if name in ("tasks", "thin_tasks", "large_tasks", "examples") else 1
             if getattr(self, name) < low:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least {low}")
         if self.num_images > 64:
             raise ValueError(f"num_images={self.num_images} must be at most 64")
-        if self.tasks == 0 and self.thin_tasks == 0:
-            raise ValueError("nothing to evaluate: both --tasks and --thin-tasks are 0")
+        if self.tasks == 0 and self.thin_tasks == 0 and self.large_tasks == 0:
+            raise ValueError("nothing to evaluate: --tasks, --thin-tasks and --large-tasks are all 0")
         if not all(0 <= f < 1 for f in (*self.skip_fractions, self.skip_fraction)):
             raise ValueError("skip fractions must lie in [0, 1)")
         if not 0 <= self.shrink <= 10:
@@ -148,16 +150,18 @@ def run_eval(out_dir: str | Path, config: EvalConfig | None = None, *, model: st
     if not config.baselines:
         main_methods = [m for m in main_methods if m.group != "baseline"]
     thin_methods = M.thin_methods(config.shrink) if thin_tasks else []
+    large_tasks = large_canvas.large_canvas_suite(config.large_tasks, config.seed, config.large_scale)
     load_seconds = time.perf_counter() - t_load
 
     # warm-up (untimed): the first calls of a pipeline pay for lazy initialisation
-    warm = main_tasks[0] if main_tasks else thin_tasks[0]
+    warm = main_tasks[0] if main_tasks else thin_tasks[0] if thin_tasks else large_tasks[0].tile
     M.run_bld(dataclasses.replace(ctx, steps=2, num_images=1), warm, 0)
 
     col = _Collected()
     _references(col, judge, main_tasks, "main", config, "reference:")
     _references(col, judge, thin_tasks, "thin", config, "thin-reference:")
-    units = len(main_tasks) * (len(main_methods) + len(M.RECONSTRUCTIONS)) + len(thin_tasks) * len(thin_methods)
+    units = (len(main_tasks) * (len(main_methods) + len(M.RECONSTRUCTIONS)) + len(thin_tasks) * len(thin_methods)
+             + len(large_tasks) * len(large_canvas.METHODS))
     bar = tqdm(total=units, desc="bld eval", unit="run", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     t_run = time.perf_counter()
     try:
@@ -185,6 +189,14 @@ def run_eval(out_dir: str | Path, config: EvalConfig | None = None, *, model: st
                             col.reconstruction_seconds[name] = (col.reconstruction_seconds.get(name, 0.0)
                                                                 + r.extra.get("reconstruction_seconds", 0.0))
                             bar.update()
+
+        def large_run_done(i: int, name: str) -> None:
+            bar.set_postfix_str(f"large {i + 1}/{len(large_tasks)} {name}", refresh=False)
+            bar.update()
+
+        large_judged = large_canvas.run_large_canvas(ctx, judge, large_tasks,
+                                                     lambda i: task_seed(config.seed, "large", i), config.min_prob,
+                                                     on_run=large_run_done)
     finally:
         bar.close()
     run_seconds = time.perf_counter() - t_run
@@ -204,7 +216,15 @@ def run_eval(out_dir: str | Path, config: EvalConfig | None = None, *, model: st
                                                 "group": "reference", "description": "the ideal edit", "settings": {}}
         method_info[f"{prefix}source"] = {"label": "reference: unedited source", "suite": suite_name,
                                           "group": "reference", "description": "no edit at all", "settings": {}}
-    metrics: dict[str, dict] = {"main": {}, "reconstruction": {}, "thin": {}}
+    metrics: dict[str, dict] = {"main": {}, "reconstruction": {}, "thin": {}, "large": {}}
+    large_draws = (scoring.bootstrap_indices(len(large_tasks), config.bootstrap, config.seed)
+                   if len(large_tasks) > 1 else None)
+    for name, judged in large_judged.items():
+        if judged:
+            label = large_canvas.METHODS[name][0]
+            method_info[f"large:{name}"] = {"label": label, "suite": "large", "group": "large",
+                                            "description": label, "settings": {}}
+            metrics["large"][f"large:{name}"] = scoring.summarize(judged, large_draws)
     for name, judged in col.judged.items():
         info = method_info[name]
         table = "reconstruction" if info["group"] == "reconstruction" else info["suite"]
@@ -241,7 +261,11 @@ def run_eval(out_dir: str | Path, config: EvalConfig | None = None, *, model: st
                   "calibration": {s: {"ground_truth": metrics[s].get(f"{p}ground-truth", {}).get("batch_precision"),
                                       "source": metrics[s].get(f"{p}source", {}).get("batch_precision")}
                                   for s, p in (("main", "reference:"), ("thin", "thin-reference:"))}},
-        "suites": {"main": _suite_info(main_tasks), "thin": _suite_info(thin_tasks)},
+        "suites": {"main": _suite_info(main_tasks), "thin": _suite_info(thin_tasks),
+                   "large": {**_suite_info([t.tile for t in large_tasks]),
+                             "canvas": large_canvas.TILE * config.large_scale,
+                             "mean_canvas_mask_fraction": float(np.mean([t.mask.mean() for t in large_tasks]))
+                             if large_tasks else None}},
         "methods": method_info,
         "metrics": metrics,
         "skip_sweep": skip_sweep,
