@@ -279,3 +279,22 @@ def test_a_6000x4000_photo_with_a_small_mask(sd_pipe):
     assert result.metrics["background_psnr"] == math.inf and result.metrics["background_ssim"] == 1.0
     record = result_metadata(params, result, "tiny")
     assert '"crops": [{"box": [1900, 900, 2500, 1500], "size": [64, 64]}]' in record["bld"]
+
+
+def test_ranking_sees_the_square_around_the_crops(sd_pipe, tmp_path):
+    from bld.ranking import ClipScorer
+    from bld.testing.tiny_clip import tiny_clip
+
+    tiny_clip(tmp_path / "clip")
+    scorer = ClipScorer.from_pretrained(tmp_path / "clip")
+    image, mask = big_scene()
+    params = EditParams(prompt="a red star", num_inference_steps=4, num_images=3, seed=0, guidance_scale=3.0)
+    results = run_edit(sd_pipe, image, mask, params, scorer=scorer)
+    box = tuple(results[0].crops[0]["box"])
+    region = np.asarray(mask) > 0
+    view = scorer.score([r.image for r in results], "a red star", region, view=box)
+    assert [r.score for r in results] == pytest.approx(view, abs=1e-6)
+    assert [r.score for r in results] == sorted(view, reverse=True)
+    assert [r.metrics["text_match"] for r in results] == pytest.approx(view, abs=1e-6)
+    whole = scorer.score([r.image for r in results], "a red star", region)
+    assert not np.allclose(whole, view, atol=1e-4)  # the photo's short side would be another view

@@ -209,6 +209,22 @@ def test_the_view_is_the_square_that_holds_the_mask(scorer):
                        scorer.preprocess([image.crop((61, 0, 189, 128))], centered.crop((61, 0, 189, 128))))
 
 
+def test_a_crop_view_is_the_square_around_the_crop_box(scorer):
+    """crop-and-stitch passes its crop box: CLIP sees the square around it, at the scale the model drew the
+    edit, not the photo's short side (where a small edit on a big photo would be a few pixels)."""
+    image = disc_image(384, 256, (300, 60), radius=10)
+    mask = box_mask(384, 256, (290, 50, 310, 70))
+    crop = (270, 30, 334, 94)  # a 64 px crop box around the mask
+    seen = scorer.preprocess([image], mask, view=crop)
+    assert torch.equal(seen, scorer.preprocess([image.crop(crop)], mask.crop(crop)))
+    assert not torch.equal(seen, scorer.preprocess([image], mask))
+    wide = (250, 40, 354, 80)  # a 104x40 box: a 104 px square centered on it
+    assert torch.equal(scorer.preprocess([image], mask, view=wide),
+                       scorer.preprocess([image.crop((250, 8, 354, 112))], mask.crop((250, 8, 354, 112))))
+    result = compute_metrics(image, image, np.asarray(mask) > 0, prompt=PROMPT, scorer=scorer, windows=[crop])
+    assert result["text_match"] == pytest.approx(scorer.score([image], PROMPT, mask, view=crop)[0], abs=1e-6)
+
+
 def test_a_box_longer_than_the_short_side_is_letterboxed(scorer):
     image = disc_image(256, 64, (24, 32))
     mask = box_mask(256, 64, (0, 0, 200, 64))  # 200 px long: the view is 200 px square, black above and below

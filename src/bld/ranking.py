@@ -23,6 +23,7 @@ from .ops.metrics import as_mask_array, as_rgb_array
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+Box = tuple[int, int, int, int]  # (left, top, right, bottom), ends excluded
 
 
 def _looks_like_path(name: str) -> bool:
@@ -88,7 +89,7 @@ class ClipScorer:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def preprocess(self, images: Sequence[Any], mask: Any = None) -> torch.Tensor:
+    def preprocess(self, images: Sequence[Any], mask: Any = None, view: Box | None = None) -> torch.Tensor:
         """Images -> CLIP pixel values (B, 3, S, S) on the model's device and dtype; outside `mask` set to black.
 
         mask: white / 1 = the edited region that is kept; None keeps the whole image. Without a mask (or
@@ -96,6 +97,10 @@ class ClipScorer:
         the mask's whole bounding box: the image's short side, slid along the long side to center the box,
         and grown (with black borders) when the box is longer than the short side. A square image is thus
         seen whole, and an edit at either end of a wide or tall image is never cut away.
+
+        view: a (left, top, right, bottom) box the model drew at (crop-and-stitch's crops); the square is
+        then the one that holds it and the mask's box, centered on it, so CLIP sees the edit at the scale it
+        was drawn, not shrunk with the whole photo.
         """
         size = self.image_size
         mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(3, 1, 1)
@@ -110,7 +115,7 @@ class ClipScorer:
                     keeps[shape] = keep, _bounding_box(keep)
                 keep, box = keeps[shape]
             if box is not None:  # only the square's pixels are converted: a 50 MP photo costs its square
-                y0, x0, side = _square_window(shape, box)
+                y0, x0, side = _square_window(shape, box, view)
                 ys, xs = slice(max(0, y0), min(shape[0], y0 + side)), slice(max(0, x0), min(shape[1], x0 + side))
                 part = (image.crop((xs.start, ys.start, xs.stop, ys.stop)) if isinstance(image, PIL.Image.Image)
                         else np.asarray(image)[ys, xs])
@@ -145,27 +150,28 @@ class ClipScorer:
         return F.normalize(features, dim=-1)
 
     @torch.no_grad()
-    def image_embeddings(self, images: Sequence[Any], mask: Any = None) -> torch.Tensor:
+    def image_embeddings(self, images: Sequence[Any], mask: Any = None, view: Box | None = None) -> torch.Tensor:
         """Unit-norm CLIP image embeddings (B, D) of the masked images, computed in batches."""
         chunks = []
         for start in range(0, len(images), self.batch_size):
-            pixels = self.preprocess(images[start: start + self.batch_size], mask)
+            pixels = self.preprocess(images[start: start + self.batch_size], mask, view)
             out = self.model.vision_model(pixel_values=pixels)
             chunks.append(self.model.visual_projection(out.pooler_output).float())
         return F.normalize(torch.cat(chunks), dim=-1)
 
-    def score(self, images: Sequence[Any], prompt: str, mask: Any) -> list[float]:
-        """CLIP cosine in [-1, 1] of `prompt` and each image with everything outside `mask` black (None: no mask)."""
+    def score(self, images: Sequence[Any], prompt: str, mask: Any, view: Box | None = None) -> list[float]:
+        """CLIP cosine in [-1, 1] of `prompt` and each image with everything outside `mask` black (None: no mask),
+        seen through the square of `preprocess` (`view`: the box the model drew at, if not the whole image)."""
         images = list(images)
         if not images:
             return []
         text = self.text_embedding(prompt)
-        cosine = (self.image_embeddings(images, mask) @ text.T)[:, 0]
+        cosine = (self.image_embeddings(images, mask, view) @ text.T)[:, 0]
         return [float(c) for c in cosine.clamp(-1.0, 1.0).cpu()]
 
-    def text_match(self, image: Any, prompt: str, mask: Any) -> float:
+    def text_match(self, image: Any, prompt: str, mask: Any, view: Box | None = None) -> float:
         """Cosine similarity of `prompt` and one image with everything outside `mask` black."""
-        return self.score([image], prompt, mask)[0]
+        return self.score([image], prompt, mask, view)[0]
 
 
 def _bounding_box(keep: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -191,13 +197,21 @@ def _height_width(image: Any) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def _square_window(shape: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[int, int, int]:
-    """(top, left, side) of the square view of an image of `shape` (height, width) that holds `box`: the
-    image's short side (or the box's longer side when that is longer), centered on the box; top and left
-    are negative where the square begins before the image (black there)."""
+def _square_window(shape: tuple[int, int], box: tuple[int, int, int, int],
+                   view: Box | None = None) -> tuple[int, int, int]:
+    """(top, left, side) of the square view of an image of `shape` (height, width) that holds `box` (top,
+    bottom, left, right): the image's short side (or the box's longer side when that is longer), centered
+    on the box; with a `view` (left, top, right, bottom), the square of the longer of its sides and the
+    box's, centered on the view. Top and left are negative where the square begins before the image (black
+    there)."""
     height, width = shape
     top, bottom, left, right = box
-    side = max(min(height, width), bottom - top, right - left)
+    if view is not None:
+        v_left, v_top, v_right, v_bottom = view
+        side = max(v_bottom - v_top, v_right - v_left, bottom - top, right - left)
+        top, bottom, left, right = v_top, v_bottom, v_left, v_right
+    else:
+        side = max(min(height, width), bottom - top, right - left)
     return _window(top, bottom, height, side), _window(left, right, width, side), side
 
 

@@ -175,3 +175,9 @@ def plan_crops(mask: np.ndarray, native: int, step: int, padding: float = 0.25,
     if covered >= WHOLE_IMAGE_SHARE * width * height:
         return [whole_image((width, height), sizes)]
     return crops
+
+
+def bounding_box(boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) box around all of `boxes` (each left, top, right, bottom)."""
+    lefts, tops, rights, bottoms = zip(*boxes)
+    return min(lefts), min(tops), max(rights), max(bottoms)

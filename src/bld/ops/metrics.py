@@ -17,11 +17,14 @@ import PIL.Image
 from skimage.color import deltaE_ciede2000, rgb2lab
 from skimage.metrics import structural_similarity
 
+from .cropping import bounding_box
+
 
 class TextScorer(Protocol):
     """What text_match needs of a scorer (bld.ranking.ClipScorer is one)."""
 
-    def text_match(self, image: Any, prompt: str, mask: Any) -> float: ...
+    def text_match(self, image: Any, prompt: str, mask: Any, view: tuple[int, int, int, int] | None = None) -> float:
+        ...
 
 
 _SSIM_WINDOW = 7  # skimage's default win_size
@@ -189,7 +192,8 @@ def compute_metrics(original: Any, result: Any, mask: Any, *, prompt: str | None
 
     windows: (left, top, right, bottom) boxes outside which `result` is `original` pixel for pixel and `mask`
     is empty (a crop-and-stitch edit's crops). The image numbers are then computed on the boxes grown by a
-    margin and extended to the whole image exactly, so a 50 MP photo costs what its crops cost."""
+    margin and extended to the whole image exactly, so a 50 MP photo costs what its crops cost; text_match
+    then sees the square around the boxes, as the pipelines' ranking does."""
     if windows:
         metrics = _windowed_metrics(original, result, mask, windows)
     else:
@@ -197,7 +201,8 @@ def compute_metrics(original: Any, result: Any, mask: Any, *, prompt: str | None
                    "background_ssim": background_ssim(original, result, mask),
                    "edge_delta_e": edge_color_difference(result, mask)}
     if scorer is not None and prompt is not None:
-        metrics["text_match"] = float(scorer.text_match(result, prompt, mask))
+        view = bounding_box(windows) if windows else None
+        metrics["text_match"] = float(scorer.text_match(result, prompt, mask, view))
     return metrics
 
 

@@ -20,7 +20,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..ops.blending import binarize_mask, blend, latent_mask, num_skipped_steps, phase_of_step, shrinking_masks
-from ..ops.cropping import Crop, buckets, plan_crops
+from ..ops.cropping import Crop, bounding_box, buckets, plan_crops
 from ..ops.reconstruction import reconstruct_background
 from ..params import EditParams
 from ..ranking import rank
@@ -580,7 +580,8 @@ class BlendedLatentMixin:
                 results[:, :, top:bottom, left:right] = piece.to(results.device, results.dtype)
             if flags is not None:
                 has_nsfw = [a or b for a, b in zip(has_nsfw or [False] * len(flags), flags)]
-        return self.ranked(results, has_nsfw, prompt, plan.region, finishing, output_type)
+        view = bounding_box([crop.box for crop in plan.crops])  # CLIP sees the edit at the scale it was drawn
+        return self.ranked(results, has_nsfw, prompt, plan.region, finishing, output_type, view)
 
     def full_size_copies(self, image, output_type: str, count: int):
         """`count` copies of the input at its own size in the output type (PIL RGB, (B, H, W, 3) float array in
@@ -608,13 +609,14 @@ class BlendedLatentMixin:
         return torch.from_numpy(np.ascontiguousarray(np.moveaxis(base, -1, 0)))[None].repeat(count, 1, 1, 1)
 
     def ranked(self, images, has_nsfw, prompt, region: np.ndarray, finishing: Finishing,
-               output_type: str) -> BlendedLatentDiffusionPipelineOutput:
-        """The output, sorted best first by the scorer's text match inside `region` when there is a scorer."""
+               output_type: str, view=None) -> BlendedLatentDiffusionPipelineOutput:
+        """The output, sorted best first by the scorer's text match inside `region` when there is a scorer
+        (seen through the square around `view`, the crops' box, when the crops are not the whole image)."""
         if finishing.scorer is None:
             return BlendedLatentDiffusionPipelineOutput(images=images, nsfw_content_detected=has_nsfw)
         prompt = prompt if isinstance(prompt, str) else prompt[0]
         scorable = images if output_type != "pt" else list(images.permute(0, 2, 3, 1).float().cpu().numpy())
-        scores = finishing.scorer.score(list(scorable), prompt, region)
+        scores = finishing.scorer.score(list(scorable), prompt, region, view)
         order = rank(scores)
         images = [images[k] for k in order] if isinstance(images, list) else images[order]
         return BlendedLatentDiffusionPipelineOutput(
