@@ -40,8 +40,11 @@ def assert_one_line_error(code, err, pattern):
 
 def test_edit_writes_numbered_pngs_with_their_parameters(files, capsys):
     folder, image, mask = files
-    code, out, _ = run(capsys, "edit", image, mask, "a red star", "-o", folder / "out.png", *FAST, "--json")
+    code, out, err = run(capsys, "edit", image, mask, "a red star", "-o", folder / "out.png", *FAST, "--json")
     assert code == 0
+    # before any work: what is edited, at what size, and what it costs (4 steps, skip 0.25: 3 steps)
+    assert "bld: edits the whole 64x64 image, drawn at 64x64; the model's native size is 64 px; 3 denoising " \
+           "steps x 2 results" in err
     summary = json.loads(out)
     assert [o["seed"] for o in summary["outputs"]] == [11, 12]
     for k, output in enumerate(summary["outputs"]):

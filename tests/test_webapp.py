@@ -70,6 +70,7 @@ def test_edit_changes_only_the_painted_region(editor, scorer):
                           progress=lambda *args, **kwargs: progress.append(args[0]))
     assert outcome.ok, outcome.message
     assert "Done" in outcome.message and "best first" in outcome.message
+    assert "It edits the whole 64x64 image, drawn at 64x64; the model's native size is 64 px" in outcome.message
     assert len(outcome.gallery) == len(outcome.files) == len(outcome.table) == 2
     inside = np.asarray(mask) >= 128
     source = np.asarray(image).astype(int)
@@ -252,6 +253,35 @@ def test_controls_start_at_the_models_recommended_values(pipe, tmp_path):
               if getattr(b, "elem_id", None) and b.elem_id.startswith("param-")}
     assert (values["skip_fraction"], values["guidance_scale"], values["background_noise"]) == (0.0, 12.0, "fresh")
     assert values["num_inference_steps"] == EditParams().num_inference_steps  # not recommended: the default
+    infos = {b.elem_id[len("param-"):]: b.info for b in app.blocks.values()
+             if getattr(b, "elem_id", None) and b.elem_id.startswith("param-")}
+    assert f"Set to 0: recommended for {tmp_path.name} (bld's default: 0.25)." in infos["skip_fraction"]
+    assert "recommended" not in infos["num_inference_steps"]
+    high = next(f for f in dataclasses.fields(EditParams) if f.name == "seed").metadata["high"]
+    assert f"Range [0, {int(high)}]." in infos["seed"] and "e+" not in infos["seed"]  # not 9.22337e+18
+
+
+def test_preview_shows_the_area_and_the_plan_without_the_model(editor):
+    image, mask = make_image((256, 192)), make_mask((256, 192), (40, 40, 80, 90))
+    with editor.lock:  # an edit holding the model does not delay a preview
+        picture, message = editor.preview(image, editor_value(image, painted_layer(mask)), FAST)
+    assert picture.size == image.size
+    assert message.startswith("**Preview:** edits 1 crop around the mask") and "yellow" in message
+    assert np.asarray(picture)[60, 60].tolist() != np.asarray(image)[60, 60].tolist()
+    picture, message = editor.preview(image, editor_value(image), FAST)
+    assert picture is None and "the mask is empty" in message
+    assert editor.preview(None, None, FAST) == (None, "**Error:** upload an image first")
+
+
+def test_a_result_can_become_the_next_input(pipe, scorer, tmp_path):
+    app = build_app(pipe, scorer, model=TINY_RANDOM, results_dir=tmp_path)
+    reuse = next(fn for fn in app.fns.values() if getattr(fn.fn, "__name__", "") == "on_reuse").fn
+    result = tmp_path / "result.png"
+    make_image((80, 48), seed=3).save(result)
+    image, value, message = reuse(1, [str(tmp_path / "other.png"), str(result)])
+    assert image.size == (80, 48) and np.array_equal(np.asarray(image), np.asarray(make_image((80, 48), seed=3)))
+    assert value["background"] is not None and message.startswith("Result #2 is the input now, 80x48")
+    assert reuse(None, [str(result)])[2] == "Select a result in the gallery first."
 
 
 def test_edit_event_queues_on_one_model_and_can_be_cancelled(pipe, tmp_path):

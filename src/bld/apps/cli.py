@@ -408,6 +408,7 @@ def edit_and_save(args: argparse.Namespace, params: EditParams, image, mask, pat
     from ..editing import result_metadata, run_edit, with_seed
     from ..image_io import save_png_atomic
     from ..model_defaults import BUNDLED_MODEL_DIR, TINY_RANDOM
+    from ..preview import describe_plan
 
     params = with_seed(params)
     start = time.perf_counter()
@@ -418,6 +419,8 @@ def edit_and_save(args: argparse.Namespace, params: EditParams, image, mask, pat
         notice("the bundled model knows only its world of shapes, drawn at 64 px: for photos pass --model with "
                "Stable Diffusion weights (a Hub id or a diffusers folder)")
     warn_unknown_words(pipe, params)
+    if hasattr(pipe, "edit_preview"):
+        notice(describe_plan(pipe.edit_preview(image, mask, params), params, image.size))
     results = run_edit(pipe, image, mask, params, scorer=scorer)
     for result, path in zip(results, paths):
         save_png_atomic(result.image, path, metadata={**result_metadata(params, result, model),

@@ -331,6 +331,29 @@ class WebEditor:
         values = {**(model_edit_defaults(self.model) if self.model else {}), **parameters}
         return self.edit(image, mask, prompt, negative_prompt, values)
 
+    def preview(self, image: PIL.Image.Image | None, mask: Any, values: dict[str, Any] | None = None
+                ) -> tuple[PIL.Image.Image | None, str]:
+        """What an edit with these values would change, drawn over the image, and the plan in a line. Only
+        the masks are computed: it neither waits for the model nor runs it."""
+        from ..preview import describe_plan, render_preview
+
+        try:
+            if image is None:
+                raise InputError("upload an image first")
+            params = params_from_values("", None, values or {})
+            mask_image = mask_from_editor(mask, image)
+            region = edit_region(mask_image, params.invert_mask)
+            if not region.any():
+                raise InputError("the mask is empty: paint over the region to change (or upload a mask)")
+            check_web_edit_size(image, params)
+            plan = self.pipe.edit_preview(image, mask_image, params)
+        except (InputError, ValueError) as exc:
+            return None, error_message(exc)
+        return render_preview(image, region, plan), (
+            f"**Preview:** {describe_plan(plan, params, image.size)}. Magenta: the mask; cyan: latent cells the "
+            f"model redraws beyond it (the result follows their edge); yellow: the box{'es' * (len(plan.crops) > 1)} "
+            f"the model works on. With pixel reconstruction only the magenta area changes.")
+
     def outpaint(self, image: PIL.Image.Image | None, sides: dict[str, Any], prompt: str | None,
                  negative_prompt: str | None = None, values: dict[str, Any] | None = None, *,
                  progress: ProgressFn | None = None, session: str = "") -> EditOutcome:
@@ -356,6 +379,7 @@ class WebEditor:
     def _run(self, image, mask_image, params: EditParams, progress: ProgressFn,
              cancel: threading.Event, extra_metadata: dict[str, str] | None = None) -> EditOutcome:
         from ..ops.blending import num_skipped_steps
+        from ..preview import describe_plan
 
         progress(0.0, desc="waiting for the model")
         start = time.perf_counter()
@@ -364,12 +388,15 @@ class WebEditor:
                 raise EditCancelled
             self.pipe.scheduler = self._make_scheduler(params.scheduler, self.base_scheduler)
             kept = params.num_inference_steps - num_skipped_steps(params.num_inference_steps, params.skip_fraction)
-            total = max(1, kept * getattr(self.pipe.scheduler, "order", 1))
+            plan = self.pipe.edit_preview(image, mask_image, params) if hasattr(self.pipe, "edit_preview") else None
+            crops = len(plan.crops) if plan is not None else 1
+            total = max(1, kept * getattr(self.pipe.scheduler, "order", 1) * crops)
+            steps = [0]  # the loop runs once per crop: one bar over all of them
 
             def on_step(pipe, i, t, state):
                 if cancel.is_set():
                     raise EditCancelled
-                done = min(i + 1, total)
+                steps[0] = done = min(steps[0] + 1, total)
                 progress((done, total), desc=f"denoising, step {done} of {total}")
                 return state
 
@@ -387,10 +414,9 @@ class WebEditor:
             save_png_atomic(result.image, path, metadata={**result_metadata(params, result, self.model),
                                                           **(extra_metadata or {})})
             m = result.metrics
-            caption = f"#{rank} · seed {result.seed}"
+            caption = f"#{rank} · seed {result.seed}"  # short enough for a gallery tile; the table has the rest
             if result.score is not None:
-                caption += f" · text match {result.score:.3f}"
-            caption += f" · PSNR {_fmt(m.get('background_psnr'), 1)} · ΔE {_fmt(m.get('edge_delta_e'), 2)}"
+                caption += f" · match {result.score:.3f}"
             outcome.gallery.append((str(path), caption))
             outcome.files.append(str(path))
             outcome.table.append([rank, result.seed, _fmt(result.score, 4), _fmt(m.get("background_psnr"), 2),
@@ -403,6 +429,8 @@ class WebEditor:
                   else "in generation order (ranking off)")
         outcome.message = (f"**Done:** {len(results)} result{'s' * (len(results) != 1)} in {seconds:.1f} s, {ranked}. "
                            f"Seed {params.seed}: result k used seed + k. Each PNG carries its parameters.")
+        if plan is not None:
+            outcome.message += f" It {describe_plan(plan, params, image.size)}."
         unknown, known = unknown_words(getattr(self.pipe, "tokenizer", None), params.prompt)
         if unknown:
             outcome.message += (f"\n\n**Note:** the model does not know {', '.join(repr(w) for w in unknown)}, so "
@@ -420,26 +448,40 @@ class WebEditor:
 
 # -- the page ---------------------------------------------------------------------------------------------
 
-def param_control(field: dataclasses.Field, default: Any = None):
+def param_control(field: dataclasses.Field, default: Any = None, origin: str = "the model's recommendation"):
     """The Gradio control for one EditParams field, from its metadata: a checkbox for a bool, a dropdown for
     choices, a slider for a ranged number, a text box for an optional number without a default (empty = the
-    default: a random seed, the input's size). `default` overrides the field's (the model's guidance)."""
+    default: a random seed, the input's size). `default` overrides the field's (the model's recommended value,
+    said beside the control with its `origin`)."""
     import gradio as gr
 
     meta, label = field.metadata, control_label(field)
     value = field.default if default is None else default
     info, kind, elem_id = meta["help"], field_value_type(field), f"param-{field.name}"
+    if default is not None and default != field.default:
+        info += f" Set to {_shown_value(default)}: {origin} (bld's default: {_shown_value(field.default)})."
     if isinstance(field.default, bool):
         return gr.Checkbox(value=value, label=label, info=info, elem_id=elem_id)
     if meta["choices"]:
         return gr.Dropdown(choices=list(meta["choices"]), value=value, label=label, info=info, elem_id=elem_id)
     if meta["low"] is not None:
-        info += f" Range [{meta['low']:g}, {meta['high']:g}]."
+        info += f" Range [{_shown_value(meta['low'], kind)}, {_shown_value(meta['high'], kind)}]."
     if value is None:
         return gr.Textbox(value="", label=label, info=info, placeholder="empty: the default", elem_id=elem_id)
     step = 1 if kind is int else 0.01 if meta["high"] <= 1 else 0.1
     return gr.Slider(minimum=meta["low"], maximum=meta["high"], step=step, value=value, label=label, info=info,
                      elem_id=elem_id)
+
+
+def _shown_value(value: Any, kind: type | None = None) -> str:
+    """A value as a person reads it: whole numbers in full (a seed's 4294967295, not 4.29497e+09)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool) or isinstance(value, str):
+        return str(value)
+    if kind is int or float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}"
 
 
 INTRO = """# bld — Blended Latent Diffusion
@@ -468,6 +510,7 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
     controls: dict[str, Any] = {}
     model_defaults = {"guidance_scale": getattr(pipe, "default_guidance_scale", None),
                       **(model_edit_defaults(model) if model else {})}
+    origin = f"recommended for {model_name(model)}" if model else "this pipeline's default"
 
     with gr.Blocks(title="bld — Blended Latent Diffusion", analytics_enabled=False,
                    delete_cache=(3600, 6 * 3600)) as app:
@@ -492,17 +535,22 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
                     brush=gr.Brush(colors=[("#ff00ff", 0.6), ("#ffffff", 0.6), ("#00c0ff", 0.6)],
                                    default_color=("#ff00ff", 0.6), color_mode="fixed"),
                     eraser=gr.Eraser(), buttons=["fullscreen"])
+                with gr.Row():
+                    show_plan = gr.Button("Preview the edited area", elem_id="show-preview", size="sm")
+                    reuse = gr.Button("Use the selected result as the input", elem_id="reuse", size="sm")
+                preview = gr.Image(label="What the edit will change", type="pil", interactive=False,
+                                   elem_id="preview", height=320)
             with gr.Column(scale=2):
                 prompt = gr.Textbox(label="Prompt", placeholder="what the painted region should show",
                                     elem_id="prompt", lines=2)
                 negative = gr.Textbox(label="Negative prompt", placeholder="optional: what it should not show",
                                       elem_id="negative-prompt")
                 for name in PRIMARY_FIELDS:
-                    controls[name] = param_control(fields[name], model_defaults.get(name))
+                    controls[name] = param_control(fields[name], model_defaults.get(name), origin)
                 with gr.Accordion("More parameters", open=False):
                     for name, field in fields.items():
                         if name not in PRIMARY_FIELDS and name not in TEXT_FIELDS:
-                            controls[name] = param_control(field, model_defaults.get(name))
+                            controls[name] = param_control(field, model_defaults.get(name), origin)
                 with gr.Accordion("Outpaint: extend the image", open=False):
                     with gr.Row():
                         sides = {side: gr.Number(label=f"{side} (px)", value=0, minimum=0, precision=0,
@@ -560,6 +608,25 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
                 return gr.skip(), gr.skip(), gr.skip(), outcome.message
             return outcome.gallery, outcome.table, outcome.files, outcome.message
 
+        def on_preview(data: dict):
+            values = {name: data[c] for name, c in controls.items()}
+            picture, message = editor.preview(data[source], data[paint], values)
+            return (picture if picture is not None else gr.skip()), message
+
+        def on_select(event: gr.SelectData):
+            return event.index
+
+        def on_reuse(index, files):
+            if index is None or not files or index >= len(files):
+                return gr.skip(), gr.skip(), "Select a result in the gallery first."
+            path = files[index] if isinstance(files[index], str) else files[index].get("path", "")
+            try:
+                image = load_source(path, max_mb=max_upload_mb, max_pixels=editor.max_pixels)
+            except InputError as exc:
+                return gr.skip(), gr.skip(), error_message(exc)
+            return image, editor_value(image), (f"Result #{index + 1} is the input now, {image.width}x{image.height}: "
+                                                "paint the next region to change.")
+
         def on_stop(request: gr.Request):
             running = editor.cancel(request.session_hash or "")
             return CANCELLED_MESSAGE if running else "Nothing was running."
@@ -568,13 +635,18 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
         image_file.clear(on_image, image_file, [source, paint, status], api_visibility="private")
         mask_file.upload(on_mask, [source, mask_file], [paint, status], api_name="load_mask")
         inputs = {source, paint, prompt, negative, *controls.values()}
-        edit_event = run.click(on_edit, inputs, [gallery, table, downloads, status], api_name="edit",
-                               concurrency_limit=1, concurrency_id="model")
-        submit_event = prompt.submit(on_edit, inputs, [gallery, table, downloads, status], api_visibility="private",
-                                     concurrency_limit=1, concurrency_id="model")
+        results = [gallery, table, downloads, status]  # the progress bar is drawn once, on the gallery
+        edit_event = run.click(on_edit, inputs, results, api_name="edit", concurrency_limit=1,
+                               concurrency_id="model", show_progress_on=[gallery])
+        submit_event = prompt.submit(on_edit, inputs, results, api_visibility="private", concurrency_limit=1,
+                                     concurrency_id="model", show_progress_on=[gallery])
         outpaint_event = extend.click(on_outpaint, {source, prompt, negative, *controls.values(), *sides.values()},
-                                      [gallery, table, downloads, status], api_name="outpaint", concurrency_limit=1,
-                                      concurrency_id="model")
+                                      results, api_name="outpaint", concurrency_limit=1, concurrency_id="model",
+                                      show_progress_on=[gallery])
+        show_plan.click(on_preview, {source, paint, *controls.values()}, [preview, status], api_visibility="private")
+        selected = gr.State(None)
+        gallery.select(on_select, None, selected, api_visibility="private")
+        reuse.click(on_reuse, [selected, downloads], [source, paint, status], api_visibility="private")
         stop.click(on_stop, None, status, cancels=[edit_event, submit_event, outpaint_event], queue=False,
                    api_visibility="private")
 

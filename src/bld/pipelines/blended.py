@@ -72,6 +72,15 @@ class EditPlan:
 
 
 @dataclass
+class EditPreview:
+    """What an edit will change, known before the model runs."""
+
+    crops: list[Crop]  # the boxes edited and the sizes the model works at
+    area: np.ndarray  # (H, W) bool at the input's size: the latent cells the blending redraws
+    native_size: int  # the model's native side, in pixels
+
+
+@dataclass
 class Finishing:
     """What happens after the loop: background reconstruction (PAPER.md section 2) and ranking (section 4)."""
 
@@ -291,6 +300,22 @@ class BlendedLatentMixin:
             pieces.append(self.prepare_image_and_mask(crop_input(image, crop.box), crop_mask, crop.height,
                                                       crop.width, invert_mask=False, whole=False))
         return EditPlan(pieces, crops, region)
+
+    def edit_preview(self, image, mask_image, params: EditParams) -> EditPreview:
+        """The crops and the area the loop redraws (each piece's latent mask, back at the input's size),
+        without encoding or denoising anything. The area is the mask made of whole latent cells (by
+        params.latent_mask_mode): where it cuts through an object, the result is cut there too."""
+        plan = self.prepare_edit(image, mask_image, params)
+        height, width = plan.pieces[0].original_size if not plan.cropped else plan.region.shape
+        area = np.zeros((height, width), bool)
+        factor = self.vae_scale_factor
+        for prepared, crop in zip(plan.pieces, plan.crops):
+            cells = latent_mask(prepared.mask, (prepared.height // factor, prepared.width // factor),
+                                params.latent_mask_mode)
+            left, top, right, bottom = crop.box
+            shown = F.interpolate(cells.float(), size=(bottom - top, right - left), mode="nearest")
+            area[top:bottom, left:right] |= shown[0, 0].cpu().numpy() > 0.5
+        return EditPreview(plan.crops, area, self.native_size)
 
     def edit_region(self, mask_image, size: tuple[int, int], invert: bool) -> np.ndarray:
         """The edited region as a bool (H, W) array at the image's `size` (height, width): the mask
