@@ -20,7 +20,8 @@ CELL_TINT = np.array([0, 192, 255], np.float32)  # latent cells redrawn beyond t
 BOX_COLOR = (255, 220, 0)
 
 
-def render_preview(image: PIL.Image.Image, region: np.ndarray, preview, max_side: int = PREVIEW_SIDE) -> PIL.Image.Image:
+def render_preview(image: PIL.Image.Image, region: np.ndarray, preview,
+                   max_side: int = PREVIEW_SIDE) -> PIL.Image.Image:
     """The input (at most `max_side` px) dimmed where the edit keeps it, the mask (`region`, (H, W) bool)
     tinted magenta, the redrawn cells outside it cyan, and each crop box outlined in yellow."""
     width, height = image.size

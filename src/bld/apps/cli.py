@@ -185,10 +185,10 @@ def add_eval_parser(sub) -> None:
     """`bld eval`: the evaluation harness (bld.world.evaluation); sizes default to the full run."""
     ev = sub.add_parser("eval", help="measure BLD and baselines on the synthetic world (the paper's Table 1 protocol)",
                         description="Run BLD variants, background reconstructions and baselines on a fixed, seeded "
-                                    "suite of world edit tasks and a thin-mask suite; judge every result with the "
-                                    "world classifier; write report.md, report.json, results.jsonl, plots and "
-                                    "example grids to OUTPUT. The default run takes about 16 minutes on a 2-core "
-                                    "CPU with the bundled model; --quick about 2.")
+                                    "suite of world edit tasks, a thin-mask suite and a large-canvas suite; judge "
+                                    "every result with the world classifier; write report.md, report.json, "
+                                    "results.jsonl, plots and example grids to OUTPUT. The default run takes about "
+                                    "an hour on a 2-core CPU with the bundled model; --quick a few minutes.")
     ev.add_argument("-o", "--output", required=True, help="report folder (created if missing)")
     ev.add_argument("--quick", action="store_true",
                     help="smoke-test sizes: 6 tasks, 4 thin tasks, 20 steps, 3 example rows (explicit flags win)")
@@ -215,8 +215,9 @@ def add_eval_parser(sub) -> None:
     add_runtime_flags(ev, gpu_options=False)
 
 
-EVAL_OVERRIDES = {"tasks": "tasks", "thin_tasks": "thin_tasks", "large_tasks": "large_tasks", "steps": "steps", "num_results": "num_images",
-                  "seed": "seed", "skip_fraction": "skip_fraction", "shrink": "shrink", "guidance": "guidance_scale",
+EVAL_OVERRIDES = {"tasks": "tasks", "thin_tasks": "thin_tasks", "large_tasks": "large_tasks", "steps": "steps",
+                  "num_results": "num_images", "seed": "seed", "skip_fraction": "skip_fraction", "shrink": "shrink",
+                  "guidance": "guidance_scale",
                   "reconstruction_steps": "reconstruction_steps", "reconstruct_top": "reconstruct_top",
                   "examples": "examples"}
 
@@ -566,8 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     if not verbose:
         quiet_libraries()
     show_library_notices()
-    command = {"edit": run_edit_command, "outpaint": run_outpaint_command, "demo": run_demo_command, "reconstruct": run_reconstruct_command,
-               "serve": run_serve_command, "eval": run_eval_command}[args.command]
+    command = {"edit": run_edit_command, "outpaint": run_outpaint_command, "demo": run_demo_command,
+               "reconstruct": run_reconstruct_command, "serve": run_serve_command,
+               "eval": run_eval_command}[args.command]
     try:
         summary = command(args)
     except (InputError, ValueError) as exc:

@@ -11,8 +11,8 @@ the model once and serves the page. Gradio is imported only by those two.
 
 import contextlib
 import dataclasses
-import json
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from ..editing import edit_region, json_safe, model_name, result_metadata, run_edit, unknown_words, with_seed
+from ..editing import (
+    edit_region,
+    json_safe,
+    model_name,
+    result_metadata,
+    run_edit,
+    unknown_words,
+    with_seed,
+)
 from ..image_io import (
     MAX_EDIT_PIXELS,
     MAX_PIXELS,

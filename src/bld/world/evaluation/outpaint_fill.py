@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = [measure(fill, args.tasks, pipe, args.num_results) for fill in FILLS]
     for row in rows:
         print(f"{row['fill']:6s} PSNR of the new area {row['psnr_new_area']:.2f} dB, mean color error "
-              f"{row['mean_color_error']:.1f} / 255 (the pre-fill alone: {row['psnr_fill_alone']:.2f} dB), seam ΔE {row['seam_delta_e']:.2f} ({row['results']} results)")
+              f"{row['mean_color_error']:.1f} / 255 (the pre-fill alone: {row['psnr_fill_alone']:.2f} dB), "
+              f"seam ΔE {row['seam_delta_e']:.2f} ({row['results']} results)")
     print(json.dumps({"benchmark": "outpaint_fill", "tasks": args.tasks, "rows": rows}))
     return rows
 

@@ -209,8 +209,8 @@ def markdown(summary: dict) -> str:
     if summary["metrics"].get("large"):
         large = summary["suites"]["large"]
         lines += ["## Large canvas", "",
-                  f"{large['tasks']} add/replace tasks, each a 64 px scene placed as one tile of a {large['canvas']} px "
-                  "canvas of other scenes (objects of the usual size, the mask "
+                  f"{large['tasks']} add/replace tasks, each a 64 px scene placed as one tile of a "
+                  f"{large['canvas']} px canvas of other scenes (objects of the usual size, the mask "
                   f"{100 * large['mean_canvas_mask_fraction']:.1f}% of the canvas on average). The judge sees the "
                   "task's own tile of each result; background PSNR is over the whole canvas.", "",
                   *large_table(summary), ""]

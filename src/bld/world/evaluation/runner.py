@@ -17,16 +17,16 @@ import torch
 from ... import __version__
 from ...image_io import InputError
 from ..judge import EDIT_MIN_PROB
-from . import methods as M
 from . import large_canvas, report, scoring, suite
+from . import methods as M
 
 REPORT_FILES = ("report.md", "report.json", "results.jsonl")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Sizes and settings of an evaluation run (the defaults are the full run, about 16 minutes on a 2-core
-    CPU with the bundled model; `quick()` is the smoke-test run)."""
+    """Sizes and settings of an evaluation run (the defaults are the full run, about an hour on a 2-core CPU
+    with the bundled model, 25 minutes of it the large-canvas suite; `quick()` is the smoke-test run)."""
 
     tasks: int = 72  # main suite: a third each of add, replace, background
     thin_tasks: int = 48  # thin suite: half thin-object, half thin-background
