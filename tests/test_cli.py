@@ -380,3 +380,18 @@ def test_an_unreachable_hub_is_seen_as_such(monkeypatch):
         port = s.getsockname()[1]
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     assert hub_reachable(timeout=1.0) is False
+
+
+def test_a_gray_mask_edits_with_soft_mask_and_is_empty_without(files, capsys):
+    folder, image, _ = files
+    gray = folder / "gray.png"
+    PIL.Image.fromarray(np.where(np.asarray(make_mask()) > 0, 100, 0).astype(np.uint8)).save(gray)
+    code, _, err = run(capsys, "edit", image, gray, "a red star", "-o", folder / "hard.png", *FAST)
+    assert_one_line_error(code, err, "mask is empty")
+    code, out, _ = run(capsys, "edit", image, gray, "a red star", "-o", folder / "soft.png", *FAST, "--soft-mask",
+                       "--mask-blur", "2", "--json")
+    assert code == 0
+    params = params_from_metadata(read_png_metadata(json.loads(out)["outputs"][0]["path"]))
+    assert params.soft_mask and params.mask_blur == 2.0
+    edited = np.asarray(PIL.Image.open(folder / "soft-1.png"), dtype=int)
+    assert (np.abs(edited - np.asarray(make_image(), dtype=int)).max(axis=-1) > 0).any()

@@ -356,3 +356,12 @@ def test_a_running_edit_can_be_cancelled(editor):
     assert steps == [1, 2]  # stopped at the next step, not after 30
     assert not editor.cancel("s1")  # nothing running any more
     assert editor.edit(image, mask, "a cat", values=FAST, session="s1").ok  # the model is free again
+
+
+def test_the_soft_brush_paints_half_strength_for_soft_masks():
+    image = make_image()
+    full, half = painted_layer(make_mask(box=(0, 0, 32, 64))), painted_layer(make_mask(box=(32, 0, 64, 64)), 76)
+    value = editor_value(image, np.maximum(full, half))
+    soft = np.asarray(mask_from_editor(value, image, soft=True))
+    assert soft[10, 10] == 255 and soft[10, 40] == 127  # 76 / 153 of full strength
+    assert np.asarray(mask_from_editor(value, image))[10, 40] == 255  # binary: any paint edits

@@ -14,6 +14,7 @@ import PIL.Image
 import torch
 
 from . import __version__
+from .ops.masks import needs_shaping, shape_mask
 from .ops.metrics import compute_metrics
 from .params import EditParams
 
@@ -58,7 +59,8 @@ def run_edit(pipe, image, mask, params: EditParams, scorer=None, callback_on_ste
         skip_fraction=params.skip_fraction, negative_prompt=params.negative_prompt,
         num_images_per_prompt=params.num_images, generator=[torch.Generator().manual_seed(s) for s in seeds],
         invert_mask=params.invert_mask, height=params.height, width=params.width, crop=params.crop,
-        crop_padding=params.crop_padding,
+        crop_padding=params.crop_padding, soft_mask=params.soft_mask, mask_grow=params.mask_grow,
+        mask_blur=params.mask_blur,
         latent_mask_mode=params.latent_mask_mode, background_noise=params.background_noise,
         mask_dilation_iterations=params.mask_dilation_iterations, reconstruction=params.reconstruction,
         feather=params.feather, reconstruction_steps=params.reconstruction_steps,
@@ -68,7 +70,7 @@ def run_edit(pipe, image, mask, params: EditParams, scorer=None, callback_on_ste
     )
     order = output.order or list(range(len(output.images)))
     scores = output.scores or [None] * len(order)
-    edited_region = edit_region(mask, params.invert_mask, image.size)
+    edited_region = shaped_region(mask, params, image.size)
     crops = output.crops or []
     windows = stitched_boxes(crops, image.size)
     return [EditResult(img, seeds[k], k, score, compute_metrics(image, img, edited_region, prompt=params.prompt,
@@ -98,6 +100,15 @@ def unknown_words(tokenizer, prompt: str) -> tuple[list[str], list[str]]:
     known = sorted({token[:-4] for token in tokenizer.get_vocab()  # whole words; single letters are byte fallbacks
                     if token.endswith("</w>") and token[:-4].isalpha() and len(token) > 5})
     return unknown, known
+
+
+def shaped_region(mask: PIL.Image.Image, params: EditParams, size: tuple[int, int]) -> np.ndarray:
+    """The pixels an edit with `params` may change, as the pipeline shapes the mask: edit_region's, or with
+    mask_grow, mask_blur or soft_mask every pixel of strength above 0 (bld.ops.masks)."""
+    if needs_shaping(params.soft_mask, params.mask_grow, params.mask_blur):
+        return shape_mask(mask, size, invert=params.invert_mask, soft_mask=params.soft_mask,
+                          grow=params.mask_grow, blur=params.mask_blur).region
+    return edit_region(mask, params.invert_mask, size)
 
 
 def edit_region(mask: PIL.Image.Image, invert: bool, size: tuple[int, int] | None = None) -> np.ndarray:

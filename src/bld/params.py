@@ -55,6 +55,15 @@ class EditParams:
     seed: int | None = _param(None, "Seed of the first result; result k uses seed + k. Default: random.",
                               low=0, high=2**63 - 1)
     invert_mask: bool = _param(False, "Edit outside the mask instead (background replacement).")
+    soft_mask: bool = _param(
+        False, "Read the mask's gray levels as per-pixel strength: a pixel of gray s joins the edit for the last s "
+        "of the kept steps and the result is mixed into the input with s as alpha (0 keeps the input). A binary "
+        "mask edits as without it.")
+    mask_grow: int = _param(0, "Grow the mask by this many pixels at the input's size (negative shrinks it).",
+                            low=-512, high=512)
+    mask_blur: float = _param(
+        0.0, "Blur the mask's edge over this many pixels at the input's size (Gaussian sigma = px / 2); the blurred "
+        "edge is a soft mask, its gray levels strengths, as with --soft-mask.", low=0.0, high=512.0)
     crop: CropMode = _param(
         "auto", "Crop-and-stitch: 'auto' edits a padded box around each part of the mask at the model's native "
         "resolution (the whole image when that covers most of it, or when the image is no larger than native) and "

@@ -303,10 +303,11 @@ def check_model_source(model: str | None) -> None:
         local_files_only(model)
 
 
-def check_mask_region(mask, invert: bool) -> None:
-    """The mask must leave something to edit and something to keep."""
-    region = np.asarray(mask.convert("L")) >= 128
-    region = ~region if invert else region
+def check_mask_region(mask, invert: bool, soft: bool = False) -> None:
+    """The mask must leave something to edit and something to keep (soft: any gray above black edits)."""
+    gray = np.asarray(mask.convert("L"))
+    region = gray > 0 if soft else gray >= 128
+    region = ~(gray == 255) if soft and invert else ~region if invert else region
     inverted = " (the mask was inverted)" if invert else ""
     if not region.any():
         raise InputError(f"mask is empty: nothing to edit; paint the region to change in white{inverted}")
@@ -376,7 +377,7 @@ def run_edit_command(args: argparse.Namespace) -> dict:
     mask = check_same_aspect(image, load_mask(args.mask, max_pixels=limit), image_name=args.image,
                              mask_name=args.mask)
     check_edit_size(image.size, params)
-    check_mask_region(mask, params.invert_mask)
+    check_mask_region(mask, params.invert_mask, params.soft_mask)
     check_model_source(args.model)
     return edit_and_save(args, params, image, mask, paths)
 

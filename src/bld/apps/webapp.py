@@ -28,11 +28,11 @@ import numpy as np
 import PIL.Image
 
 from ..editing import (
-    edit_region,
     json_safe,
     model_name,
     result_metadata,
     run_edit,
+    shaped_region,
     unknown_words,
     with_seed,
 )
@@ -57,6 +57,7 @@ PRIMARY_FIELDS = ("num_inference_steps", "guidance_scale", "skip_fraction", "num
 
 TEXT_FIELDS = ("prompt", "negative_prompt")
 PAINT_ALPHA_MIN = 32
+BRUSH_OPACITY = 0.6  # the full-strength brushes' opacity; the soft brush paints half of it
 """A painted layer pixel with at least this alpha (of 255) belongs to the mask: strokes are semi-transparent,
 and the faint fringe an eraser leaves at its edge does not count."""
 MASK_COLOR = (255, 0, 255)
@@ -145,22 +146,25 @@ def mask_layer(image: PIL.Image.Image, path: str | os.PathLike, *, max_mb: float
     return layer
 
 
-def mask_from_editor(value: Any, image: PIL.Image.Image) -> PIL.Image.Image:
+def mask_from_editor(value: Any, image: PIL.Image.Image, soft: bool = False) -> PIL.Image.Image:
     """The mask (mode L, white = edit, the image's size) from what the page sends.
 
     `value` is the image editor's value (a dict whose "layers" are RGBA arrays or images: every pixel
     painted on any layer is in the mask), or directly a mask: a PIL image or a (H, W) array (nonzero or
-    >= 128 for uint8 = edit). None or no layers is an empty mask.
+    >= 128 for uint8 = edit). None or no layers is an empty mask. soft: the paint's opacity is the
+    strength (the full brushes' opacity = 1, the soft brush's half), for soft_mask edits.
     """
     if isinstance(value, dict):
         layers = [np.asarray(layer) for layer in (value.get("layers") or []) if layer is not None]
-        region = np.zeros((image.height, image.width), bool)
+        strength = np.zeros((image.height, image.width), np.uint8)
         for layer in layers:
             alpha = layer[..., 3] if layer.ndim == 3 and layer.shape[2] == 4 else np.full(layer.shape[:2], 255)
-            painted = PIL.Image.fromarray(((alpha >= PAINT_ALPHA_MIN) * 255).astype(np.uint8))
+            alpha = np.where(alpha >= PAINT_ALPHA_MIN, alpha, 0).astype(np.float32)
+            level = np.clip(alpha / (255 * BRUSH_OPACITY), 0, 1) if soft else (alpha > 0).astype(np.float32)
+            painted = PIL.Image.fromarray(np.round(level * 255).astype(np.uint8))
             painted = check_same_aspect(image, painted, image_name="uploaded image", mask_name="painted mask")
-            region |= np.asarray(painted) >= 128
-        return PIL.Image.fromarray(region.astype(np.uint8) * 255)
+            strength = np.maximum(strength, np.asarray(painted))
+        return PIL.Image.fromarray(strength)
     if value is None:
         return PIL.Image.new("L", image.size, 0)
     if isinstance(value, PIL.Image.Image):
@@ -289,8 +293,8 @@ class WebEditor:
             params = params_from_values(prompt, negative_prompt, values or {})
             if not params.prompt:
                 raise InputError("type a prompt: what the painted region should show")
-            mask_image = mask_from_editor(mask, image)
-            region = edit_region(mask_image, params.invert_mask)
+            mask_image = mask_from_editor(mask, image, soft=params.soft_mask)
+            region = shaped_region(mask_image, params, image.size)
             if not region.any():
                 raise InputError("the mask is empty: paint over the region to change (or upload a mask)"
                                  + (" — with 'invert mask' the painted region is kept, so leave some unpainted"
@@ -349,8 +353,8 @@ class WebEditor:
             if image is None:
                 raise InputError("upload an image first")
             params = params_from_values("", None, values or {})
-            mask_image = mask_from_editor(mask, image)
-            region = edit_region(mask_image, params.invert_mask)
+            mask_image = mask_from_editor(mask, image, soft=params.soft_mask)
+            region = shaped_region(mask_image, params, image.size)
             if not region.any():
                 raise InputError("the mask is empty: paint over the region to change (or upload a mask)")
             check_web_edit_size(image, params)
@@ -540,8 +544,9 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
                 paint = gr.ImageEditor(
                     label="Paint the region to change", type="numpy", image_mode="RGBA", sources=(), format="png",
                     transforms=(), layers=False, interactive=True, elem_id="editor",
-                    brush=gr.Brush(colors=[("#ff00ff", 0.6), ("#ffffff", 0.6), ("#00c0ff", 0.6)],
-                                   default_color=("#ff00ff", 0.6), color_mode="fixed"),
+                    brush=gr.Brush(colors=[("#ff00ff", BRUSH_OPACITY), ("#ffffff", BRUSH_OPACITY),
+                                           ("#00c0ff", BRUSH_OPACITY), ("#ff00ff", BRUSH_OPACITY / 2)],
+                                   default_color=("#ff00ff", BRUSH_OPACITY), color_mode="fixed"),
                     eraser=gr.Eraser(), buttons=["fullscreen"])
                 with gr.Row():
                     show_plan = gr.Button("Preview the edited area", elem_id="show-preview", size="sm")

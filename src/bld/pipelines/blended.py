@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -15,13 +16,23 @@ import torch.nn.functional as F
 from diffusers import PNDMScheduler
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+    rescale_noise_cfg,
+)
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..ops.blending import binarize_mask, blend, latent_mask, num_skipped_steps, phase_of_step, shrinking_masks
+from ..ops.blending import (
+    binarize_mask,
+    blend,
+    latent_mask,
+    num_skipped_steps,
+    phase_of_step,
+    shrinking_masks,
+)
 from ..ops.cropping import Crop, bounding_box, buckets, plan_crops
-from ..ops.reconstruction import reconstruct_background
+from ..ops.masks import needs_shaping, shape_mask, soft_latent_masks
+from ..ops.reconstruction import pixel_blend, reconstruct_background
 from ..params import EditParams
 from ..ranking import rank
 
@@ -56,6 +67,8 @@ class PreparedInputs:
     original_size: tuple[int, int]  # (height, width) of the input
     source: torch.Tensor  # (1, 3, h0, w0) in [-1, 1]: the input at its own size
     source_mask: torch.Tensor  # (1, 1, h0, w0) in {0, 1}: the edited region at the input's size
+    strength: torch.Tensor | None = None  # soft masks: (1, 1, H, W) in [0, 1] at the work size (mask = > 0)
+    source_strength: torch.Tensor | None = None  # soft masks: (1, 1, h0, w0) in [0, 1], the final alpha
 
 
 @dataclass
@@ -212,9 +225,10 @@ class BlendedLatentMixin:
         return max(unet_factor, self.native_size // 16 // unet_factor * unet_factor)
 
     @staticmethod
-    def at_own_size(image, *, mask: bool = False) -> torch.Tensor:
-        """An image in [-1, 1], or a mask in {0, 1}, as a tensor at its own size (no snapping)."""
-        processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=not mask, do_binarize=mask,
+    def at_own_size(image, *, mask: bool = False, binarize: bool = True) -> torch.Tensor:
+        """An image in [-1, 1], or a mask in {0, 1} (in [0, 1] when not `binarize`), as a tensor at its own
+        size (no snapping)."""
+        processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=not mask, do_binarize=mask and binarize,
                                       do_convert_grayscale=mask)
         return processor.preprocess(image).to(torch.float32)
 
@@ -266,13 +280,30 @@ class BlendedLatentMixin:
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not among {allowed}")
 
-    def prepare_edit(self, image, mask_image, params: EditParams) -> EditPlan:
+    def shaped_mask(self, image, mask_image, params: EditParams):
+        """(mask, params, soft): the mask after params.mask_grow, mask_blur and soft_mask (bld.ops.masks), as a
+        grayscale PIL mask at the image's size, already inverted, with params.invert_mask then off. Unshaped
+        (no grow or blur, and no gray levels read as strengths), the mask and params come back as given, so
+        a binary mask edits the same with soft_mask on or off."""
+        if not needs_shaping(params.soft_mask, params.mask_grow, params.mask_blur):
+            return mask_image, params, False
+        h0, w0 = image_size(to_unit_range(image))
+        check_mask_aspect(image_size(to_unit_range(mask_image)), (h0, w0))
+        shaped = shape_mask(to_unit_range(mask_image), (w0, h0), invert=params.invert_mask,
+                            soft_mask=params.soft_mask, grow=params.mask_grow, blur=params.mask_blur)
+        if not shaped.soft and not params.mask_grow and not params.mask_blur:
+            return mask_image, params, False
+        gray = PIL.Image.fromarray(np.round(shaped.strength * 255).astype(np.uint8))
+        return gray, dataclasses.replace(params, invert_mask=False), shaped.soft
+
+    def prepare_edit(self, image, mask_image, params: EditParams, soft: bool = False) -> EditPlan:
         """The pieces an edit works on. crop 'off': the whole image, at its own size snapped to the VAE factor
         or at params.height x width. crop 'auto': the crops of bld.ops.cropping.plan_crops at native-size
         buckets (params.height / width, when given, replace the bucket's); a single crop covering the whole
         image is prepared as crop 'off' prepares it, at the bucket's size."""
         if params.crop == "off":
-            prepared = self.prepare_image_and_mask(image, mask_image, params.height, params.width, params.invert_mask)
+            prepared = self.prepare_image_and_mask(image, mask_image, params.height, params.width, params.invert_mask,
+                                                   soft=soft)
             return EditPlan([prepared], [Crop((0, 0, *prepared.original_size[::-1]), prepared.width,
                                               prepared.height)])
         image, mask_image = to_unit_range(image), to_unit_range(mask_image)
@@ -281,7 +312,7 @@ class BlendedLatentMixin:
             raise ValueError(f"image is {w0}x{h0}: each side must be at least {self.min_side * self.vae_scale_factor} "
                              f"pixels for this model")
         check_mask_aspect(image_size(mask_image), (h0, w0))
-        region = self.edit_region(mask_image, (h0, w0), params.invert_mask)
+        region = self.edit_region(mask_image, (h0, w0), params.invert_mask, soft)
         sizes = [(params.width, params.height)] if params.width and params.height else None
         crops = plan_crops(region, self.native_size, self.bucket_step, params.crop_padding,
                            sizes or buckets(self.native_size, self.bucket_step))
@@ -292,20 +323,23 @@ class BlendedLatentMixin:
                                                 self.vae_scale_factor)) for c in crops]
         if len(crops) == 1 and crops[0].covers(w0, h0):
             return EditPlan([self.prepare_image_and_mask(image, mask_image, crops[0].height, crops[0].width,
-                                                         params.invert_mask)], crops)
+                                                         params.invert_mask, soft=soft)], crops)
         pieces = []
         for crop in crops:
             left, top, right, bottom = crop.box
-            crop_mask = torch.from_numpy(region[top:bottom, left:right]).to(torch.float32)[None, None]
+            crop_mask = (crop_input(mask_image, crop.box) if soft else
+                         torch.from_numpy(region[top:bottom, left:right]).to(torch.float32)[None, None])
             pieces.append(self.prepare_image_and_mask(crop_input(image, crop.box), crop_mask, crop.height,
-                                                      crop.width, invert_mask=False, whole=False))
+                                                      crop.width, invert_mask=False, whole=False, soft=soft))
         return EditPlan(pieces, crops, region)
 
     def edit_preview(self, image, mask_image, params: EditParams) -> EditPreview:
         """The crops and the area the loop redraws (each piece's latent mask, back at the input's size),
         without encoding or denoising anything. The area is the mask made of whole latent cells (by
-        params.latent_mask_mode): where it cuts through an object, the result is cut there too."""
-        plan = self.prepare_edit(image, mask_image, params)
+        params.latent_mask_mode): where it cuts through an object, the result is cut there too. With a soft
+        mask it is every cell that joins at some step."""
+        mask_image, params, soft = self.shaped_mask(image, mask_image, params)
+        plan = self.prepare_edit(image, mask_image, params, soft)
         height, width = plan.pieces[0].original_size if not plan.cropped else plan.region.shape
         area = np.zeros((height, width), bool)
         factor = self.vae_scale_factor
@@ -317,11 +351,14 @@ class BlendedLatentMixin:
             area[top:bottom, left:right] |= shown[0, 0].cpu().numpy() > 0.5
         return EditPreview(plan.crops, area, self.native_size)
 
-    def edit_region(self, mask_image, size: tuple[int, int], invert: bool) -> np.ndarray:
+    def edit_region(self, mask_image, size: tuple[int, int], invert: bool, soft: bool = False) -> np.ndarray:
         """The edited region as a bool (H, W) array at the image's `size` (height, width): the mask
         thresholded at 0.5 (as prepare_image_and_mask does), resized by nearest neighbour if its size
-        differs, inverted if asked; refused when it is empty or everything."""
-        if isinstance(mask_image, PIL.Image.Image):
+        differs, inverted if asked; refused when it is empty or everything. soft: the region is every pixel
+        of strength above 0 (a shaped soft mask, see bld.ops.masks)."""
+        if soft:
+            region = self.at_own_size(mask_image, mask=True, binarize=False)[0, 0].cpu().numpy() > 0
+        elif isinstance(mask_image, PIL.Image.Image):
             region = np.asarray(mask_image.convert("L")) >= 128
         else:
             region = binarize_mask(self.at_own_size(mask_image, mask=True))[0, 0].cpu().numpy() > 0
@@ -337,8 +374,9 @@ class BlendedLatentMixin:
         return region
 
     def prepare_image_and_mask(self, image, mask_image, height: int | None, width: int | None,
-                               invert_mask: bool, *, whole: bool = True) -> PreparedInputs:
-        """Resize to a size the model accepts, normalize the image to [-1, 1], threshold the mask at 0.5."""
+                               invert_mask: bool, *, whole: bool = True, soft: bool = False) -> PreparedInputs:
+        """Resize to a size the model accepts, normalize the image to [-1, 1], threshold the mask at 0.5
+        (soft: keep its strengths, the mask being where they are above 0)."""
         image, mask_image = to_unit_range(image), to_unit_range(mask_image)
         h0, w0 = image_size(image)
         check_mask_aspect(image_size(mask_image), (h0, w0))
@@ -355,11 +393,24 @@ class BlendedLatentMixin:
         pixels = self.image_processor.preprocess(image, height=height, width=width).to(torch.float32)
         if pixels.shape[0] != 1 or pixels.shape[1] != 3:
             raise ValueError(f"expected one RGB image, got a batch of shape {tuple(pixels.shape)}")
-        mask = binarize_mask(self.mask_processor.preprocess(mask_image, height=height, width=width))
+        strength = source_strength = None
+        if soft:
+            strength = VaeImageProcessor(vae_scale_factor=factor, do_normalize=False, do_binarize=False,
+                                         do_convert_grayscale=True).preprocess(mask_image, height=height, width=width)
+            strength = strength.to(torch.float32).clamp(0, 1)
+            mask = (strength > 0).float()
+        else:
+            mask = binarize_mask(self.mask_processor.preprocess(mask_image, height=height, width=width))
         if mask.shape[0] != 1:
             raise ValueError(f"expected one mask, got a batch of shape {tuple(mask.shape)}")
         source = self.at_own_size(image)
-        source_mask = binarize_mask(self.at_own_size(mask_image, mask=True))
+        if soft:
+            source_strength = self.at_own_size(mask_image, mask=True, binarize=False).clamp(0, 1)
+            if source_strength.shape[-2:] != source.shape[-2:]:
+                source_strength = F.interpolate(source_strength, size=source.shape[-2:], mode="bilinear")
+            source_mask = (source_strength > 0).float()
+        else:
+            source_mask = binarize_mask(self.at_own_size(mask_image, mask=True))
         if source_mask.shape[-2:] != source.shape[-2:]:
             source_mask = F.interpolate(source_mask, size=source.shape[-2:], mode="nearest")
         if invert_mask:
@@ -370,7 +421,7 @@ class BlendedLatentMixin:
         if whole and mask.all():  # a crop may lie wholly inside the mask
             raise ValueError("mask covers the whole image: nothing would be kept; paint only the region to change"
                              + (" (the mask was inverted)" if invert_mask else ""))
-        return PreparedInputs(pixels, mask, height, width, (h0, w0), source, source_mask)
+        return PreparedInputs(pixels, mask, height, width, (h0, w0), source, source_mask, strength, source_strength)
 
     @contextmanager
     def vae_precision(self):
@@ -454,7 +505,8 @@ class BlendedLatentMixin:
                         predict_noise: NoisePredictor, generator, fresh_noise: bool,
                         mask_dilation_iterations: int = 0, callback_on_step_end=None, *, eta: float = 0.0,
                         callback_tensors: dict[str, torch.Tensor] | None = None,
-                        callback_tensor_inputs=("latents",), guidance_cutoff: float = 1.0) -> torch.Tensor:
+                        callback_tensor_inputs=("latents",), guidance_cutoff: float = 1.0,
+                        step_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
         """The blended sampling loop (PAPER.md section 1).
 
         Starts from the source noised to the first kept timestep; after each scheduler step keeps the
@@ -464,6 +516,8 @@ class BlendedLatentMixin:
         itself in N + 1 equal phases (section 3).
         z0: (B, C, h, w) source latents; mask: (B, 1, h, w) in {0, 1}. eta: DDIM's noise (0 = deterministic).
         guidance_cutoff: guidance stops (self._guidance_scale = 0) after this share of the steps.
+        step_masks: a soft mask's latent mask for each step (bld.ops.masks.soft_latent_masks), in place of
+        `mask`; progressive shrinking then dilates each step's mask by its phase's kernel.
         callback_on_step_end(pipe, i, t, state) sees the blended `latents`, the step's `mask` and the
         `callback_tensor_inputs` named in `callback_tensors`; what it returns replaces them (a new
         `latents`, or conditioning tensors that predict_noise reads from `callback_tensors`).
@@ -492,7 +546,11 @@ class BlendedLatentMixin:
                     if fresh_noise:
                         noise = draw_noise()
                     background = self.scheduler.add_noise(z0, noise, timesteps[i + 1:i + 2])
-                step_mask = masks[phase_of_step(i, len(timesteps), len(masks))]
+                phase = phase_of_step(i, len(timesteps), len(masks))
+                if step_masks is None:
+                    step_mask = masks[phase]
+                else:
+                    step_mask = shrinking_masks(step_masks[i], mask_dilation_iterations)[phase]
                 latents = blend(latents, background, step_mask)
                 if callback_on_step_end is not None:
                     extra = {k: callback_tensors[k] for k in callback_tensor_inputs if k in callback_tensors}
@@ -518,7 +576,8 @@ class BlendedLatentMixin:
         guided); unet_call(model_input, t, conditioning) -> the model output. Each piece draws its noise
         from the same generators in turn, so a result does not depend on the batch it was made in."""
         device = self._execution_device
-        plan = self.prepare_edit(image, mask_image, params)  # 3. source image and mask: the whole or crops
+        mask_image, params, soft = self.shaped_mask(image, mask_image, params)
+        plan = self.prepare_edit(image, mask_image, params, soft)  # 3. source image and mask: the whole or crops
         if output_type == "latent" and len(plan.pieces) > 1:
             raise ValueError(f"output_type='latent' returns one piece's latents, but this edit has "
                              f"{len(plan.pieces)} crops: pass crop='off' or another output type")
@@ -528,6 +587,11 @@ class BlendedLatentMixin:
             z0, mask = self.source_latent_and_mask(prepared, batch_size, params.latent_mask_mode, device, dtype)
             # 5. The schedule after skipping its first skip_fraction
             timesteps = self.blended_timesteps(params.num_inference_steps, params.skip_fraction, device)
+            step_masks = None
+            if prepared.strength is not None:  # a soft mask: each step edits the pixels strong enough for it
+                step_masks = [m.to(device=device, dtype=dtype).expand(batch_size, -1, -1, -1) for m in
+                              soft_latent_masks(prepared.strength, tuple(z0.shape[-2:]), params.latent_mask_mode,
+                                                len(timesteps))]
             # 6. Denoise, blending with the noised source after every step
             conditioning = conditioning_for(prepared)
             predict_noise = self.guided_noise_predictor(conditioning, unet_call, guidance_scale, guidance_rescale)
@@ -536,7 +600,7 @@ class BlendedLatentMixin:
                                            mask_dilation_iterations=params.mask_dilation_iterations,
                                            callback_on_step_end=callback_on_step_end, eta=eta,
                                            callback_tensors=conditioning, callback_tensor_inputs=tensor_inputs,
-                                           guidance_cutoff=params.guidance_cutoff)
+                                           guidance_cutoff=params.guidance_cutoff, step_masks=step_masks)
             finished.append(latents)
             if self._interrupt:
                 break
@@ -567,7 +631,13 @@ class BlendedLatentMixin:
             pixels = F.interpolate(pixels.float(), size=prepared.original_size, mode="bicubic",
                                    antialias=True, align_corners=False)
         paste = method in ("pixel", "poisson") or method in ("latent", "decoder") and finishing.paste_outside
-        if paste:  # at the input's own size, so the kept pixels are the input's
+        if paste and prepared.source_strength is not None:  # a soft mask is its own alpha (no feather)
+            source, alpha = prepared.source.to(pixels.device), prepared.source_strength.to(pixels.device)
+            if method == "poisson":
+                region = prepared.source_mask.to(pixels.device)
+                pixels = reconstruct_background("poisson", source, pixels.float(), region)
+            pixels = pixel_blend(source, pixels.float(), alpha)
+        elif paste:  # at the input's own size, so the kept pixels are the input's
             pixels = reconstruct_background("pixel" if method != "poisson" else method,
                                             prepared.source.to(pixels.device), pixels.float(),
                                             prepared.source_mask.to(pixels.device), feather=finishing.feather)

@@ -42,6 +42,9 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         width: int | None = None,
         crop: str = DEFAULTS.crop,
         crop_padding: float = DEFAULTS.crop_padding,
+        soft_mask: bool = DEFAULTS.soft_mask,
+        mask_grow: int = DEFAULTS.mask_grow,
+        mask_blur: float = DEFAULTS.mask_blur,
         latent_mask_mode: str = DEFAULTS.latent_mask_mode,
         mask_dilation_iterations: int = DEFAULTS.mask_dilation_iterations,
         background_noise: str = DEFAULTS.background_noise,
@@ -72,10 +75,13 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         cover most of it) and pastes the results into the input at full resolution: outside the boxes the
         pixels are the input's. 'off' edits the whole image at its size snapped to a multiple of the VAE
         factor (or at height x width). The results have the input's size. mask_image: same size (or aspect
-        ratio), white = edit, soft values thresholded at 0.5. skip_fraction: share of the schedule skipped
-        before blending starts. latent_mask_mode: 'any' (keep every latent cell the mask touches), 'nearest' (each
-        cell's center pixel, the paper's), 'inside' (cells the mask covers whole; a thin part on its own
-        keeps the cells it touches) or 'top-left' (each cell's first pixel, diffusers' inpaint pipeline).
+        ratio), white = edit, gray thresholded at 0.5 unless soft_mask (gray = per-pixel strength: a pixel
+        of strength s is edited in the last s of the kept steps and mixed into the input with alpha s);
+        mask_grow / mask_blur: pixels at the input's size (a blurred edge is soft). skip_fraction: share of
+        the schedule skipped before blending starts. latent_mask_mode: 'any' (keep every latent cell the mask
+        touches), 'nearest' (each cell's center pixel, the paper's), 'inside' (cells the mask covers whole; a
+        thin part on its own keeps the cells it touches) or 'top-left' (each cell's first pixel, diffusers'
+        inpaint pipeline).
         mask_dilation_iterations: progressive shrinking for thin masks (0 = off).
         background_noise: 'fixed' (one noise, as diffusers) or 'fresh' (new noise every step).
         num_images_per_prompt: results per prompt (1, as diffusers; bld's CLI and web app ask for 4 to rank).
@@ -100,7 +106,8 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
             mask_dilation_iterations=mask_dilation_iterations, reconstruction=reconstruction, feather=feather,
             reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop,
             reconstruction_background_weight=reconstruction_background_weight, guidance_cutoff=guidance_cutoff,
-            paste_outside=paste_outside, crop=crop, crop_padding=crop_padding)
+            paste_outside=paste_outside, crop=crop, crop_padding=crop_padding,
+            soft_mask=soft_mask, mask_grow=mask_grow, mask_blur=mask_blur)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 

@@ -40,6 +40,9 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
         width: int | None = None,
         crop: str = DEFAULTS.crop,
         crop_padding: float = DEFAULTS.crop_padding,
+        soft_mask: bool = DEFAULTS.soft_mask,
+        mask_grow: int = DEFAULTS.mask_grow,
+        mask_blur: float = DEFAULTS.mask_blur,
         latent_mask_mode: str = DEFAULTS.latent_mask_mode,
         mask_dilation_iterations: int = DEFAULTS.mask_dilation_iterations,
         background_noise: str = DEFAULTS.background_noise,
@@ -77,7 +80,8 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
             mask_dilation_iterations=mask_dilation_iterations, reconstruction=reconstruction, feather=feather,
             reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop,
             reconstruction_background_weight=reconstruction_background_weight, guidance_cutoff=guidance_cutoff,
-            paste_outside=paste_outside, crop=crop, crop_padding=crop_padding)
+            paste_outside=paste_outside, crop=crop, crop_padding=crop_padding,
+            soft_mask=soft_mask, mask_grow=mask_grow, mask_blur=mask_blur)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 
