@@ -99,6 +99,8 @@ def unknown_words(tokenizer, prompt: str) -> tuple[list[str], list[str]]:
     unknown = [w for w in dict.fromkeys(words) if w and len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
     known = sorted({token[:-4] for token in tokenizer.get_vocab()  # whole words; single letters are byte fallbacks
                     if token.endswith("</w>") and token[:-4].isalpha() and len(token) > 5})
+    if not known:  # no whole words at all (a character-level test tokenizer): not a word-level vocabulary
+        return [], []
     return unknown, known
 
 

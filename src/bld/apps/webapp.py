@@ -27,15 +27,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from ..editing import (
-    json_safe,
-    model_name,
-    result_metadata,
-    run_edit,
-    shaped_region,
-    unknown_words,
-    with_seed,
-)
+from ..editing import json_safe, model_name, result_metadata, run_edit, shaped_region, unknown_words, with_seed
 from ..image_io import (
     MAX_EDIT_PIXELS,
     MAX_PIXELS,
@@ -57,9 +49,9 @@ PRIMARY_FIELDS = ("num_inference_steps", "guidance_scale", "skip_fraction", "num
 
 TEXT_FIELDS = ("prompt", "negative_prompt")
 PAINT_ALPHA_MIN = 32
-BRUSH_OPACITY = 0.6  # the full-strength brushes' opacity; the soft brush paints half of it
 """A painted layer pixel with at least this alpha (of 255) belongs to the mask: strokes are semi-transparent,
 and the faint fringe an eraser leaves at its edge does not count."""
+BRUSH_OPACITY = 0.6  # the full-strength brushes' opacity; the soft brush paints half of it
 MASK_COLOR = (255, 0, 255)
 MASK_ALPHA = 160
 KEEP_REQUESTS = 32
@@ -471,7 +463,8 @@ def param_control(field: dataclasses.Field, default: Any = None, origin: str = "
     value = field.default if default is None else default
     info, kind, elem_id = meta["help"], field_value_type(field), f"param-{field.name}"
     if default is not None and default != field.default:
-        info += f" Set to {_shown_value(default)}: {origin} (bld's default: {_shown_value(field.default)})."
+        own = f" (bld's default: {_shown_value(field.default)})" if field.default is not None else ""
+        info += f" Set to {_shown_value(default)}: {origin}{own}."
     if isinstance(field.default, bool):
         return gr.Checkbox(value=value, label=label, info=info, elem_id=elem_id)
     if meta["choices"]:
@@ -520,9 +513,11 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
     editor = editor or WebEditor(pipe, scorer, model, results_dir)
     fields = {f.name: f for f in dataclasses.fields(EditParams)}
     controls: dict[str, Any] = {}
-    model_defaults = {"guidance_scale": getattr(pipe, "default_guidance_scale", None),
-                      **(model_edit_defaults(model) if model else {})}
-    origin = f"recommended for {model_name(model)}" if model else "this pipeline's default"
+    recommended = model_edit_defaults(model) if model else {}
+    model_defaults = {"guidance_scale": getattr(pipe, "default_guidance_scale", None), **recommended}
+
+    def origin(name: str) -> str:
+        return f"recommended for {model_name(model)}" if name in recommended else "this model family's default"
 
     with gr.Blocks(title="bld — Blended Latent Diffusion", analytics_enabled=False,
                    delete_cache=(3600, 6 * 3600)) as app:
@@ -559,11 +554,11 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
                 negative = gr.Textbox(label="Negative prompt", placeholder="optional: what it should not show",
                                       elem_id="negative-prompt")
                 for name in PRIMARY_FIELDS:
-                    controls[name] = param_control(fields[name], model_defaults.get(name), origin)
+                    controls[name] = param_control(fields[name], model_defaults.get(name), origin(name))
                 with gr.Accordion("More parameters", open=False):
                     for name, field in fields.items():
                         if name not in PRIMARY_FIELDS and name not in TEXT_FIELDS:
-                            controls[name] = param_control(field, model_defaults.get(name), origin)
+                            controls[name] = param_control(field, model_defaults.get(name), origin(name))
                 with gr.Accordion("Outpaint: extend the image", open=False):
                     with gr.Row():
                         sides = {side: gr.Number(label=f"{side} (px)", value=0, minimum=0, precision=0,

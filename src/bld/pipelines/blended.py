@@ -16,20 +16,11 @@ import torch.nn.functional as F
 from diffusers import PNDMScheduler
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
-    rescale_noise_cfg,
-)
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..ops.blending import (
-    binarize_mask,
-    blend,
-    latent_mask,
-    num_skipped_steps,
-    phase_of_step,
-    shrinking_masks,
-)
+from ..ops.blending import binarize_mask, blend, latent_mask, num_skipped_steps, phase_of_step, shrinking_masks
 from ..ops.cropping import Crop, bounding_box, buckets, plan_crops
 from ..ops.masks import needs_shaping, shape_mask, soft_latent_masks
 from ..ops.reconstruction import pixel_blend, reconstruct_background
