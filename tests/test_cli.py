@@ -5,6 +5,7 @@ import json
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 from conftest import make_image, make_mask
 
 from bld.apps.cli import main
@@ -395,3 +396,54 @@ def test_a_gray_mask_edits_with_soft_mask_and_is_empty_without(files, capsys):
     assert params.soft_mask and params.mask_blur == 2.0
     edited = np.asarray(PIL.Image.open(folder / "soft-1.png"), dtype=int)
     assert (np.abs(edited - np.asarray(make_image(), dtype=int)).max(axis=-1) > 0).any()
+
+
+def test_convert_saves_a_single_file_checkpoint_as_a_folder_bld_loads(tmp_path, capsys, monkeypatch):
+    """diffusers' from_single_file does the weight conversion (its own tests cover it); bld's part is the
+    family, the config and local-only choice, the atomic folder and a folder that loads and edits."""
+    import diffusers
+    from safetensors.torch import save_file
+
+    from bld.loading import load_pipeline
+    from bld.testing.tiny_models import tiny_sd_components
+
+    checkpoint = tmp_path / "model.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, str(checkpoint))
+    calls = []
+
+    def from_single_file(cls, path, **kwargs):
+        calls.append((cls.__name__, path, kwargs))
+        components = tiny_sd_components(tokenizer_dir=tmp_path / "tok")
+        return diffusers.StableDiffusionPipeline(**components)
+
+    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_single_file", classmethod(from_single_file))
+    config = tmp_path / "config-folder"
+    config.mkdir()
+    out = tmp_path / "converted"
+    code, printed, err = run(capsys, "convert", checkpoint, out, "--config", config)
+    assert code == 0, err
+    assert printed.strip() == str(out)
+    assert calls == [("StableDiffusionPipeline", str(checkpoint), {"config": str(config), "local_files_only": True})]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".converted-")]  # no staging folder left
+    pipe = load_pipeline(str(out))
+    assert type(pipe).__name__ == "BlendedLatentDiffusionPipeline"
+    code, _, err = run(capsys, "convert", checkpoint, out, "--config", config)
+    assert_one_line_error(code, err, "already exists: pass --overwrite")
+
+
+def test_convert_offline_without_a_config_says_to_pass_one(tmp_path, capsys, monkeypatch):
+    from safetensors.torch import save_file
+
+    from bld.loading import checkpoint_is_xl
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    checkpoint = tmp_path / "model.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, str(checkpoint))
+    code, _, err = run(capsys, "convert", checkpoint, tmp_path / "out")
+    assert_one_line_error(code, err, "cannot convert model.safetensors as SD 1.x/2.x: pass --config with a diffusers")
+    assert not (tmp_path / "out").exists()
+    code, _, err = run(capsys, "convert", tmp_path / "missing.safetensors", tmp_path / "out")
+    assert_one_line_error(code, err, "not found")
+    xl = tmp_path / "xl.safetensors"
+    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(1)}, str(xl))
+    assert checkpoint_is_xl(xl) and not checkpoint_is_xl(checkpoint)

@@ -74,7 +74,7 @@ def pipeline_class_for(model: str, local_only: bool | None = None) -> type[Pipel
     folder = Path(model)
     if folder.is_file():
         raise InputError(f"model {model!r} is a single file; bld loads diffusers folders: convert it with "
-                         f"diffusers' StableDiffusionPipeline.from_single_file(...).save_pretrained(folder)")
+                         f"bld convert {model} FOLDER, then pass --model FOLDER")
     if folder.is_dir():
         index_file = folder / "model_index.json"
         if not index_file.is_file():
@@ -156,3 +156,66 @@ def speed_up(pipe: Pipeline, *, compile: bool = False, channels_last: bool = Fal
     if compile and not isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule):
         pipe.unet = torch.compile(pipe.unet)
     return pipe
+
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def checkpoint_is_xl(checkpoint: Path) -> bool:
+    """Whether a single-file checkpoint is SDXL's (its second text encoder's keys), read from the file's
+    header only (.safetensors; other formats count as SD 1.x/2.x unless told)."""
+    if checkpoint.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), framework="pt") as f:
+        return any(key.startswith("conditioner.embedders.1.") for key in f.keys())
+
+
+def convert_single_file(checkpoint: str | Path, output: str | Path, *, config: str | None = None,
+                        xl: bool | None = None, overwrite: bool = False) -> Path:
+    """A single-file checkpoint (A1111 / Civitai style) saved as a diffusers folder that bld (and diffusers)
+    loads. diffusers' `from_single_file` converts the weights; the architecture's config comes from
+    `config` (a diffusers folder or Hub id of the same family) or, with no config, from the Hub, which
+    fails offline with a one-line InputError saying to pass one. The folder is written whole or not at all."""
+    import shutil
+
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    checkpoint, output = Path(checkpoint), Path(output)
+    if not checkpoint.is_file():
+        raise InputError(f"checkpoint {str(checkpoint)!r} not found")
+    if checkpoint.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise InputError(f"checkpoint {str(checkpoint)!r} is not a single-file checkpoint "
+                         f"({', '.join(CHECKPOINT_SUFFIXES)})")
+    if output.exists() and not overwrite:
+        raise InputError(f"output {str(output)!r} already exists: pass --overwrite to replace it")
+    is_xl = checkpoint_is_xl(checkpoint) if xl is None else xl
+    cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
+    if config is None:  # diffusers picks the family's config on the Hub (or its cache)
+        from .hub import hub_reachable, offline_requested
+
+        local_only = offline_requested() or not hub_reachable()
+    else:
+        local_only = local_only_for(config)
+    try:
+        pipe = cls.from_single_file(str(checkpoint), config=config, local_files_only=local_only)
+    except InputError:
+        raise
+    except Exception as exc:  # no config offline, a checkpoint of another family, a damaged file
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        hint = ("pass --config with a diffusers folder (or cached Hub id) of the same architecture"
+                if config is None else f"is --config {config!r} of the same architecture?")
+        raise InputError(f"cannot convert {checkpoint.name} as {'SDXL' if is_xl else 'SD 1.x/2.x'}: {hint} "
+                         f"({reason})") from None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    try:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output

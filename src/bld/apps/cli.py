@@ -177,6 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_flags(serve, outputs=False)
     add_size_limit_flag(serve)
 
+    conv = sub.add_parser("convert", help="save a single-file checkpoint (.safetensors, .ckpt) as a diffusers folder",
+                          description="Convert a single-file Stable Diffusion checkpoint (SD 1.x/2.x or SDXL, as "
+                                      "AUTOMATIC1111 and ComfyUI use) into a diffusers folder for --model. The "
+                                      "architecture's config comes from --config, or from the Hugging Face Hub.")
+    conv.add_argument("checkpoint", help="the single-file checkpoint")
+    conv.add_argument("output", help="the diffusers folder to write")
+    conv.add_argument("--config", default=None,
+                      help="a diffusers folder or Hub id of the same architecture (needed offline)")
+    conv.add_argument("--xl", action=argparse.BooleanOptionalAction, default=None,
+                      help="the checkpoint is SDXL (default: read from a .safetensors file's keys)")
+    conv.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    conv.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_verbose_flag(conv)
+
     add_eval_parser(sub)
     return parser
 
@@ -469,6 +483,15 @@ def run_demo_command(args: argparse.Namespace) -> dict:
             "model": model, "seconds": round(time.perf_counter() - start, 3)}
 
 
+def run_convert_command(args: argparse.Namespace) -> dict:
+    from ..loading import convert_single_file
+
+    start = time.perf_counter()
+    folder = convert_single_file(args.checkpoint, args.output, config=args.config, xl=args.xl,
+                                 overwrite=args.overwrite)
+    return {"outputs": [{"path": str(folder)}], "seconds": round(time.perf_counter() - start, 3)}
+
+
 def run_serve_command(args: argparse.Namespace) -> dict:
     from ..loading import TINY_RANDOM, default_model
     from ..params import check_range
@@ -569,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet_libraries()
     show_library_notices()
     command = {"edit": run_edit_command, "outpaint": run_outpaint_command, "demo": run_demo_command,
-               "reconstruct": run_reconstruct_command, "serve": run_serve_command,
+               "reconstruct": run_reconstruct_command, "serve": run_serve_command, "convert": run_convert_command,
                "eval": run_eval_command}[args.command]
     try:
         summary = command(args)
