@@ -296,3 +296,17 @@ def test_eval_rejects_bad_sizes(tmp_path, capsys):
     assert main(["eval", "-o", str(tmp_path / "r"), "--skip-fractions", "a,b"]) == 2
     assert "--skip-fractions" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_outpaint_fill_and_soft_seam_measurements_run_and_report_every_row(capsys):
+    from bld.world.evaluation import outpaint_fill, soft_seams
+
+    fills = outpaint_fill.main(["--tasks", "1", "--num-results", "1"])
+    assert [row["fill"] for row in fills] == ["edge", "telea"]
+    assert all(row["results"] == 1 and math.isfinite(row["psnr_new_area"]) for row in fills)
+    seams = soft_seams.main(["--tasks", "2", "--num-results", "1"])
+    assert [row["masking"] for row in seams] == list(soft_seams.MASKINGS)
+    assert seams[0]["background_psnr"] == math.inf  # a binary mask keeps the background exactly
+    assert all(math.isfinite(row["background_psnr"]) for row in seams[1:])  # blur reaches past the binary edge
+    lines = capsys.readouterr().out.splitlines()
+    assert json.loads(lines[-1])["benchmark"] == "soft_seams"
