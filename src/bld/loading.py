@@ -164,7 +164,7 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 def checkpoint_is_xl(checkpoint: Path) -> bool:
     """Whether a single-file checkpoint is SDXL's (its second text encoder's keys), read from the file's
     header only (.safetensors; other formats count as SD 1.x/2.x unless told)."""
-    if checkpoint.suffix != ".safetensors":
+    if checkpoint.suffix.lower() != ".safetensors":
         return False
     from safetensors import safe_open
 
@@ -200,8 +200,6 @@ def convert_single_file(checkpoint: str | Path, output: str | Path, *, config: s
         local_only = local_only_for(config)
     try:
         pipe = cls.from_single_file(str(checkpoint), config=config, local_files_only=local_only)
-    except InputError:
-        raise
     except Exception as exc:  # no config offline, a checkpoint of another family, a damaged file
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         hint = ("pass --config with a diffusers folder (or cached Hub id) of the same architecture"

@@ -320,8 +320,10 @@ def check_model_source(model: str | None) -> None:
 def check_mask_region(mask, invert: bool, soft: bool = False) -> None:
     """The mask must leave something to edit and something to keep (soft: any gray above black edits)."""
     gray = np.asarray(mask.convert("L"))
-    region = gray > 0 if soft else gray >= 128
-    region = ~(gray == 255) if soft and invert else ~region if invert else region
+    if soft:  # inverted, every pixel short of white edits
+        region = gray < 255 if invert else gray > 0
+    else:
+        region = gray < 128 if invert else gray >= 128
     inverted = " (the mask was inverted)" if invert else ""
     if not region.any():
         raise InputError(f"mask is empty: nothing to edit; paint the region to change in white{inverted}")

@@ -213,6 +213,23 @@ def check_web_edit_size(image: PIL.Image.Image, params: EditParams) -> None:
                          f"under More parameters to edit at a smaller size; the results are resized back")
 
 
+def checked_mask(image: PIL.Image.Image, mask: Any, params: EditParams) -> tuple[PIL.Image.Image, np.ndarray]:
+    """The page's mask (see mask_from_editor) and the region an edit with `params` changes, refused with a
+    message for the page when it is empty or everything, or when the edit would be too large."""
+    mask_image = mask_from_editor(mask, image, soft=params.soft_mask)
+    region = shaped_region(mask_image, params, image.size)
+    if not region.any():
+        raise InputError("the mask is empty: paint over the region to change (or upload a mask)"
+                         + (" — with 'invert mask' the painted region is kept, so leave some unpainted"
+                            if params.invert_mask else ""))
+    if region.all():
+        raise InputError("the mask covers the whole image: nothing would be kept; paint only the region "
+                         "to change" + (" (with 'invert mask', paint the region to keep)"
+                                       if params.invert_mask else ""))
+    check_web_edit_size(image, params)
+    return mask_image, region
+
+
 def _whole_pixels(value: Any, name: str) -> int:
     """A page's number (a float from a number box, or empty) as whole pixels."""
     if value in (None, ""):
@@ -285,17 +302,7 @@ class WebEditor:
             params = params_from_values(prompt, negative_prompt, values or {})
             if not params.prompt:
                 raise InputError("type a prompt: what the painted region should show")
-            mask_image = mask_from_editor(mask, image, soft=params.soft_mask)
-            region = shaped_region(mask_image, params, image.size)
-            if not region.any():
-                raise InputError("the mask is empty: paint over the region to change (or upload a mask)"
-                                 + (" — with 'invert mask' the painted region is kept, so leave some unpainted"
-                                    if params.invert_mask else ""))
-            if region.all():
-                raise InputError("the mask covers the whole image: nothing would be kept; paint only the region "
-                                 "to change" + (" (with 'invert mask', paint the region to keep)"
-                                               if params.invert_mask else ""))
-            check_web_edit_size(image, params)
+            mask_image, _ = checked_mask(image, mask, params)
             params = with_seed(params)
             if params.guidance_scale is None:
                 params = dataclasses.replace(params, guidance_scale=self.pipe.default_guidance_scale)
@@ -345,11 +352,7 @@ class WebEditor:
             if image is None:
                 raise InputError("upload an image first")
             params = params_from_values("", None, values or {})
-            mask_image = mask_from_editor(mask, image, soft=params.soft_mask)
-            region = shaped_region(mask_image, params, image.size)
-            if not region.any():
-                raise InputError("the mask is empty: paint over the region to change (or upload a mask)")
-            check_web_edit_size(image, params)
+            mask_image, region = checked_mask(image, mask, params)
             plan = self.pipe.edit_preview(image, mask_image, params)
         except (InputError, ValueError) as exc:
             return None, error_message(exc)
@@ -509,6 +512,7 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
     from gradio import FileData
 
     from ..loading import TINY_RANDOM
+    from ..outpainting import DEFAULT_OVERLAP
 
     editor = editor or WebEditor(pipe, scorer, model, results_dir)
     fields = {f.name: f for f in dataclasses.fields(EditParams)}
@@ -564,8 +568,8 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
                         sides = {side: gr.Number(label=f"{side} (px)", value=0, minimum=0, precision=0,
                                                  elem_id=f"outpaint-{side}")
                                  for side in ("left", "right", "top", "bottom")}
-                    sides["overlap"] = gr.Number(label="overlap band (px)", value=16, minimum=0, precision=0,
-                                                 elem_id="outpaint-overlap")
+                    sides["overlap"] = gr.Number(label="overlap band (px)", value=DEFAULT_OVERLAP, minimum=0,
+                                                 precision=0, elem_id="outpaint-overlap")
                     extend = gr.Button("Outpaint", elem_id="outpaint")
                 with gr.Row():
                     run = gr.Button("Edit", variant="primary", elem_id="run")
@@ -600,21 +604,22 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
             return (editor_value(image, layer),
                     f"Mask {_shown_name(path)!r} loaded as paint: change it with the brush and the eraser.")
 
-        def on_edit(data: dict, request: gr.Request, progress=gr.Progress()):
-            values = {name: data[c] for name, c in controls.items()}
-            outcome = editor.edit(data[source], data[paint], data[prompt], data[negative], values,
-                                  progress=progress, session=request.session_hash or "")
+        def shown(outcome: EditOutcome):
+            """The gallery, table, downloads and status of an outcome (a failure keeps the last results)."""
             if not outcome.ok:
                 return gr.skip(), gr.skip(), gr.skip(), outcome.message
             return outcome.gallery, outcome.table, outcome.files, outcome.message
 
+        def on_edit(data: dict, request: gr.Request, progress=gr.Progress()):
+            values = {name: data[c] for name, c in controls.items()}
+            return shown(editor.edit(data[source], data[paint], data[prompt], data[negative], values,
+                                     progress=progress, session=request.session_hash or ""))
+
         def on_outpaint(data: dict, request: gr.Request, progress=gr.Progress()):
             values = {name: data[c] for name, c in controls.items()}
-            outcome = editor.outpaint(data[source], {side: data[c] for side, c in sides.items()}, data[prompt],
-                                      data[negative], values, progress=progress, session=request.session_hash or "")
-            if not outcome.ok:
-                return gr.skip(), gr.skip(), gr.skip(), outcome.message
-            return outcome.gallery, outcome.table, outcome.files, outcome.message
+            return shown(editor.outpaint(data[source], {side: data[c] for side, c in sides.items()}, data[prompt],
+                                         data[negative], values, progress=progress,
+                                         session=request.session_hash or ""))
 
         def on_preview(data: dict):
             values = {name: data[c] for name, c in controls.items()}

@@ -65,11 +65,11 @@ def large_canvas_suite(n: int, seed: int = 0, scale: int = 3) -> list[LargeTask]
     return tasks
 
 
-METHODS = {  # name -> (label, EditParams overrides, given the canvas side)
-    "crop-and-stitch": ("crop-and-stitch (crop auto, padding 0.25)", lambda side: {"crop": "auto"}),
-    "crop-and-stitch-context": ("crop-and-stitch, padding 1", lambda side: {"crop": "auto", "crop_padding": 1.0}),
-    "whole-canvas": ("whole canvas at its size (crop off)", lambda side: {"crop": "off"}),
-    "downscale": ("downscale to 64 px, edit, upscale", lambda side: {"crop": "off", "width": TILE, "height": TILE}),
+METHODS = {  # name -> (label, EditParams overrides)
+    "crop-and-stitch": ("crop-and-stitch (crop auto, padding 0.25)", {"crop": "auto"}),
+    "crop-and-stitch-context": ("crop-and-stitch, padding 1", {"crop": "auto", "crop_padding": 1.0}),
+    "whole-canvas": ("whole canvas at its size (crop off)", {"crop": "off"}),
+    "downscale": ("downscale to 64 px, edit, upscale", {"crop": "off", "width": TILE, "height": TILE}),
 }
 
 
@@ -79,7 +79,7 @@ def run_large_canvas(ctx: EvalContext, judge, tasks: list[LargeTask], seed_of, m
     judged: dict[str, list[scoring.Judged]] = {name: [] for name in METHODS}
     for i, task in enumerate(tasks):
         for name, (_, overrides) in METHODS.items():
-            output: MethodOutput = run_bld(ctx, task.canvas_task(), seed_of(i), **overrides(task.canvas.width))
+            output: MethodOutput = run_bld(ctx, task.canvas_task(), seed_of(i), **overrides)
             tiles = [task.tile_of(image) for image in output.images]
             result = scoring.judge_and_measure(judge, i, task.tile, tiles, scores=output.scores, seeds=output.seeds,
                                                seconds=output.seconds, failed=output.failed, min_prob=min_prob)
