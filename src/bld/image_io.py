@@ -8,6 +8,7 @@ and how to fix it.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import struct
@@ -26,11 +27,15 @@ __all__ = [
     "MAX_EDIT_PIXELS",
     "MAX_PIXELS",
     "InputError",
+    "check_edit_size",
+    "check_mask_region",
     "check_same_aspect",
+    "encode_png",
     "load_image",
     "load_mask",
     "read_png_metadata",
     "save_png_atomic",
+    "write_png_atomic",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -43,6 +48,9 @@ MAX_PIXELS = 100_000_000
 #: Largest image edited whole at its own size (crop 'off'); above it the front ends ask for crop 'auto' or a
 #: smaller width or height.
 MAX_EDIT_PIXELS = 2048 * 2048
+
+#: How the temporary file of an atomic write ends (a crash may leave one behind; its name starts with a dot).
+TEMP_SUFFIX = ".png.tmp"
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _WIDE_GRAY_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
@@ -269,6 +277,30 @@ def check_same_aspect(
     )
 
 
+def check_mask_region(mask: Image.Image, invert: bool, soft: bool = False) -> None:
+    """The mask must leave something to edit and something to keep (soft: any gray above black edits)."""
+    gray = np.asarray(mask.convert("L"))
+    if soft:  # inverted, every pixel short of white edits
+        region = gray < 255 if invert else gray > 0
+    else:
+        region = gray < 128 if invert else gray >= 128
+    inverted = " (the mask was inverted)" if invert else ""
+    if not region.any():
+        raise InputError(f"mask is empty: nothing to edit; paint the region to change in white{inverted}")
+    if region.all():
+        raise InputError(f"mask covers the whole image: nothing would be kept; paint only the region to change"
+                         f"{inverted}")
+
+
+def check_edit_size(size: tuple[int, int], crop: str, width: int | None, height: int | None) -> None:
+    """Only a whole-image edit at the image's own size (crop 'off', no width or height) grows with the photo."""
+    w, h = size
+    if crop == "off" and width is None and height is None and w * h > MAX_EDIT_PIXELS:
+        raise InputError(f"the image is {w}x{h}; editing above {MAX_EDIT_PIXELS // 2**20} MP whole at full "
+                         f"size needs too much memory: use --crop auto (edit around the mask), or --width (or "
+                         f"--height) to edit at a smaller size; the result is resized back")
+
+
 def _file_mode() -> int:
     """Permission bits for a new file under the current umask (no umask change)."""
     umask = 0o022
@@ -287,6 +319,20 @@ def _exists_error(path: PathLike) -> InputError:
     )
 
 
+def encode_png(image: Image.Image, metadata: Mapping[str, str] | None = None) -> bytes:
+    """``image`` as PNG bytes, each ``metadata`` item a UTF-8 iTXt chunk."""
+    info = PngInfo()
+    for key, value in (metadata or {}).items():
+        if not (isinstance(key, str) and isinstance(value, str)):
+            raise TypeError(f"PNG metadata keys and values must be str, got {key!r}: {value!r}")
+        if not 1 <= len(key) <= 79 or not key.isprintable() or not key.isascii():
+            raise ValueError(f"invalid PNG metadata key {key!r}: use 1-79 printable ASCII characters")
+        info.add_itxt(key, value)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
 def save_png_atomic(
     image: Image.Image,
     path: PathLike,
@@ -296,11 +342,21 @@ def save_png_atomic(
 ) -> Path:
     """Write ``image`` as a PNG at ``path`` atomically and return the path.
 
-    Each ``metadata`` item becomes a UTF-8 iTXt chunk. The data is written to a
-    temporary file in the same directory, fsynced and then moved into place,
-    so readers never see a partial file. Without ``overwrite`` an existing
-    file is never replaced, even if it appears while writing. On failure the
-    temporary file is removed. No directories are created.
+    Each ``metadata`` item becomes a UTF-8 iTXt chunk. See :func:`write_png_atomic`.
+    """
+    if Path(path).suffix.lower() != ".png":
+        raise InputError(f"cannot save {_q(path)}: only PNG output is supported; use a name ending in .png")
+    return write_png_atomic(encode_png(image, metadata), path, overwrite=overwrite)
+
+
+def write_png_atomic(data: bytes, path: PathLike, *, overwrite: bool = False) -> Path:
+    """Write PNG bytes (:func:`encode_png`) at ``path`` atomically and return the path.
+
+    The data is written to a temporary file in the same directory (named
+    ``.NAME.*.png.tmp``), fsynced and then moved into place, so readers never
+    see a partial file. Without ``overwrite`` an existing file is never
+    replaced, even if it appears while writing. On failure the temporary file
+    is removed. No directories are created.
     """
     target = Path(path)
     q = _q(path)
@@ -314,24 +370,15 @@ def save_png_atomic(
         raise InputError(f"cannot save {q}: it is a directory; give a file name ending in .png")
     if not overwrite and os.path.lexists(target):
         raise _exists_error(path)
-
-    info = PngInfo()
-    for key, value in (metadata or {}).items():
-        if not (isinstance(key, str) and isinstance(value, str)):
-            raise TypeError(f"PNG metadata keys and values must be str, got {key!r}: {value!r}")
-        if not 1 <= len(key) <= 79 or not key.isprintable() or not key.isascii():
-            raise ValueError(f"invalid PNG metadata key {key!r}: use 1-79 printable ASCII characters")
-        info.add_itxt(key, value)
-
     try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".png.tmp")
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
     except PermissionError as exc:
         raise InputError(
             f"cannot save {q}: no permission to write in {_q(parent)}; choose another directory"
         ) from exc
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode())

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from ..image_io import MAX_EDIT_PIXELS, MAX_PIXELS, InputError
+from ..image_io import MAX_PIXELS, InputError, check_edit_size, check_mask_region
 from ..outpainting import DEFAULT_OVERLAP, FILLS
 from ..params import EditParams, field_flag, field_value_type
 
@@ -191,8 +191,32 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     add_verbose_flag(conv)
 
+    add_batch_parser(sub)
     add_eval_parser(sub)
     return parser
+
+
+def add_batch_parser(sub) -> None:
+    """`bld batch`: many edits from a manifest on Ray workers (bld.batch)."""
+    batch = sub.add_parser(
+        "batch", help="edit many images from a manifest on Ray workers (this machine or a cluster); resumable",
+        description="Edit every row of MANIFEST (JSON Lines or CSV: image, mask, prompt, optional id, any edit "
+                    "parameter; paths relative to the manifest) into OUTDIR: ID.png (ID-1.png ... with several "
+                    "results) and results.jsonl, one line per row. Workers load the model once and edit row after "
+                    "row. A killed job rerun with the same command edits only the rows not done. Flags below are "
+                    "defaults for every row; a row's own values win. Exit status 1 when some rows failed.")
+    batch.add_argument("manifest", help="the rows: a .jsonl file (one JSON object per line) or a .csv with a header")
+    batch.add_argument("-o", "--output", required=True, help="folder for the results (created if missing)")
+    batch.add_argument("--address", default=None,
+                       help="Ray cluster to join ('auto', 'ray://HOST:10001'); default: start a local Ray here")
+    batch.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="workers, each holding the model (default: one per GPU, else one per 4 CPU cores)")
+    batch.add_argument("--gpus-per-worker", type=float, default=None, metavar="X",
+                       help="GPUs of each worker; below 1 shares a GPU between workers (small models)")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_param_flags(batch)
+    add_runtime_flags(batch, gpu_options=False)
+    add_size_limit_flag(batch)
 
 
 def add_eval_parser(sub) -> None:
@@ -247,6 +271,34 @@ def eval_command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+def run_batch_command(args: argparse.Namespace) -> dict:
+    from ..batch import run_manifest
+    from ..params import check_range
+
+    if args.workers is not None:
+        check_range("--workers", args.workers, 1, 100_000)
+    if args.gpus_per_worker is not None:
+        check_range("--gpus-per-worker", args.gpus_per_worker, 0.01, 64)
+    defaults = {f.name: getattr(args, f.name) for f in dataclasses.fields(EditParams)
+                if getattr(args, f.name, None) is not None}
+    EditParams.from_dict({k: v for k, v in defaults.items()})  # a bad flag fails here, before any row
+    check_model_source(args.model)
+    if not args.verbose:
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    summary = run_manifest(args.manifest, args.output, model=args.model, defaults=defaults, address=args.address,
+                           workers=args.workers, gpus_per_worker=args.gpus_per_worker, device=args.device,
+                           dtype=args.dtype, clip_model=args.clip_model, max_pixels=max_pixels(args),
+                           overwrite=args.overwrite, progress=not args.no_progress, verbose=args.verbose)
+    for error in summary.errors[:10]:
+        notice(f"row {error['id']} (line {error['line']}): {error['error']}")
+    if len(summary.errors) > 10:
+        notice(f"... and {len(summary.errors) - 10} more failed rows")
+    before = f", {summary.done_before} done before" if summary.done_before else ""
+    notice(f"{summary.rows} rows: {summary.ok} ok, {summary.failed} failed{before}; {summary.edited} edited now "
+           f"in {summary.seconds:.1f} s; see {summary.results}")
+    return {**summary.to_dict(), "outputs": [], "exit_status": 1 if summary.failed else 0}
+
+
 def run_eval_command(args: argparse.Namespace) -> dict:
     from ..world.evaluation import EvalConfig, run_eval
     from ..world.evaluation.runner import check_output_folder
@@ -289,15 +341,6 @@ def output_paths(output: str, count: int, overwrite: bool) -> list[Path]:
     return paths
 
 
-def check_edit_size(size: tuple[int, int], params: EditParams) -> None:
-    """Only a whole-image edit at the image's own size (crop 'off', no width or height) grows with the photo."""
-    width, height = size
-    if params.crop == "off" and params.width is None and params.height is None and width * height > MAX_EDIT_PIXELS:
-        raise InputError(f"the image is {width}x{height}; editing above {MAX_EDIT_PIXELS // 2**20} MP whole at full "
-                         f"size needs too much memory: use --crop auto (edit around the mask), or --width (or "
-                         f"--height) to edit at a smaller size; the result is resized back")
-
-
 def max_pixels(args: argparse.Namespace) -> int:
     """The input size limit from --max-megapixels (default image_io.MAX_PIXELS)."""
     from ..params import check_range
@@ -315,21 +358,6 @@ def check_model_source(model: str | None) -> None:
 
     if model and model != TINY_RANDOM and not Path(model).exists():
         local_files_only(model)
-
-
-def check_mask_region(mask, invert: bool, soft: bool = False) -> None:
-    """The mask must leave something to edit and something to keep (soft: any gray above black edits)."""
-    gray = np.asarray(mask.convert("L"))
-    if soft:  # inverted, every pixel short of white edits
-        region = gray < 255 if invert else gray > 0
-    else:
-        region = gray < 128 if invert else gray >= 128
-    inverted = " (the mask was inverted)" if invert else ""
-    if not region.any():
-        raise InputError(f"mask is empty: nothing to edit; paint the region to change in white{inverted}")
-    if region.all():
-        raise InputError(f"mask covers the whole image: nothing would be kept; paint only the region to change"
-                         f"{inverted}")
 
 
 def load_for_args(args, params: EditParams):
@@ -392,7 +420,7 @@ def run_edit_command(args: argparse.Namespace) -> dict:
     image = load_image(args.image, max_pixels=limit)
     mask = check_same_aspect(image, load_mask(args.mask, max_pixels=limit), image_name=args.image,
                              mask_name=args.mask)
-    check_edit_size(image.size, params)
+    check_edit_size(image.size, params.crop, params.width, params.height)
     check_mask_region(mask, params.invert_mask, params.soft_mask)
     check_model_source(args.model)
     return edit_and_save(args, params, image, mask, paths)
@@ -409,7 +437,7 @@ def run_outpaint_command(args: argparse.Namespace) -> dict:
     image = load_image(args.image, max_pixels=limit)
     extension = Extension(args.left, args.right, args.top, args.bottom, args.overlap, args.fill)
     extension.check(image.size, limit)
-    check_edit_size(extension.canvas_size(image.size), params)
+    check_edit_size(extension.canvas_size(image.size), params.crop, params.width, params.height)
     check_model_source(args.model)
 
     from ..outpainting import outpaint_canvas
@@ -595,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     show_library_notices()
     command = {"edit": run_edit_command, "outpaint": run_outpaint_command, "demo": run_demo_command,
                "reconstruct": run_reconstruct_command, "serve": run_serve_command, "convert": run_convert_command,
-               "eval": run_eval_command}[args.command]
+               "eval": run_eval_command, "batch": run_batch_command}[args.command]
     try:
         summary = command(args)
     except (InputError, ValueError) as exc:
@@ -604,7 +632,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bld: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bld: interrupted; nothing was written for unfinished results", file=sys.stderr)
+        if args.command == "batch":
+            print("bld: interrupted; finished rows are kept: rerun the same command to edit the rest", file=sys.stderr)
+        else:
+            print("bld: interrupted; nothing was written for unfinished results", file=sys.stderr)
         return 130
     if getattr(args, "json", False):
         print(json.dumps(summary))
@@ -613,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             print(output["path"])
         if "grid" in summary:
             print(summary["grid"])
-    return 0
+    return summary.get("exit_status", 0)
 
 
 if __name__ == "__main__":
