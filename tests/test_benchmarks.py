@@ -28,3 +28,10 @@ def test_crop_and_stitch_benchmark_runs_tiny_on_the_cpu(capsys):
     row = result["sizes"][1]
     assert row["s_ours"] > 0 and row["s_theirs"] > 0 and "s_ours_whole_image" not in row
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith('{"benchmark": "crop_and_stitch"')
+
+
+def test_batch_benchmark_runs_tiny_on_the_cpu(capsys):
+    result = load("bench_batch").main(["--tiny", "--rows", "1", "--steps", "2", "--workers", "1"])
+    assert set(result["seconds"]) == {"processes", "single", "batch_w1"}
+    assert set(result["ratios"]) == {"single_over_processes", "batch_w1_over_processes", "batch_w1_over_single"}
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith('{"benchmark": "batch"')

@@ -283,8 +283,6 @@ def run_batch_command(args: argparse.Namespace) -> dict:
                 if getattr(args, f.name, None) is not None}
     EditParams.from_dict({k: v for k, v in defaults.items()})  # a bad flag fails here, before any row
     check_model_source(args.model)
-    if not args.verbose:
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     summary = run_manifest(args.manifest, args.output, model=args.model, defaults=defaults, address=args.address,
                            workers=args.workers, gpus_per_worker=args.gpus_per_worker, device=args.device,
                            dtype=args.dtype, clip_model=args.clip_model, max_pixels=max_pixels(args),
