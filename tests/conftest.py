@@ -7,7 +7,8 @@ import PIL.Image
 import pytest
 import torch
 
-from bld import BlendedLatentDiffusionPipeline, BlendedLatentDiffusionXLPipeline
+from bld import BlendedLatentDiffusionLDMPipeline, BlendedLatentDiffusionPipeline, BlendedLatentDiffusionXLPipeline
+from bld.testing.tiny_ldm import tiny_ldm_components
 from bld.testing.tiny_models import tiny_sd_components, tiny_sdxl_components
 
 SIZE = 64
@@ -27,9 +28,22 @@ def sdxl_pipe(tmp_path_factory):
     return pipe
 
 
+@pytest.fixture(scope="session")
+def ldm_pipe(tmp_path_factory):
+    pipe = BlendedLatentDiffusionLDMPipeline(**tiny_ldm_components(tokenizer_dir=tmp_path_factory.mktemp("bert")))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @pytest.fixture(params=["sd", "sdxl"])
 def pipe(request, sd_pipe, sdxl_pipe):
     return sd_pipe if request.param == "sd" else sdxl_pipe
+
+
+@pytest.fixture(params=["sd", "sdxl", "ldm"])
+def any_family(request, sd_pipe, sdxl_pipe, ldm_pipe):
+    """Each model family's tiny pipeline, for what the method guarantees on every family."""
+    return {"sd": sd_pipe, "sdxl": sdxl_pipe, "ldm": ldm_pipe}[request.param]
 
 
 def make_image(size=(SIZE, SIZE), seed=0) -> PIL.Image.Image:

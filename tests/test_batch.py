@@ -139,8 +139,8 @@ def test_results_of_a_killed_run_are_recovered_and_other_files_are_not_overwritt
     assert ledger.records["row-00"]["outputs"] == [{"path": "row-00.png", "seed": 5}]
     assert "is not this row's result" in ledger.records["row-01"]["error"]
     assert [t.id for t in tasks] == ["row-02"]
-    tasks, _ = plan_rows(rows, Ledger.open(out), "m", overwrite=True)
-    assert [t.id for t in tasks] == ["row-00", "row-01", "row-02"]
+    tasks, _ = plan_rows(rows, Ledger.open(out), "m", overwrite=True)  # replaces the other file, keeps row 0
+    assert [t.id for t in tasks] == ["row-01", "row-02"]
 
 
 def test_a_row_changed_since_its_results_were_made_is_not_silently_remade(tmp_path):
@@ -151,6 +151,8 @@ def test_a_row_changed_since_its_results_were_made_is_not_silently_remade(tmp_pa
     ledger.append({"id": "row-00", "status": "ok", "fingerprint": "older", "outputs": [{"path": "row-00.png"}]})
     tasks, _ = plan_rows(rows, ledger, "m", overwrite=False)
     assert not tasks and "other inputs or parameters" in ledger.records["row-00"]["error"]
+    tasks, _ = plan_rows(rows, ledger, "m", overwrite=True)
+    assert [t.id for t in tasks] == ["row-00"]
 
 
 def test_workers_follow_the_gpus_or_the_cores():

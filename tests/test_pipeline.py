@@ -1,4 +1,4 @@
-"""What the method guarantees, checked on tiny SD and SDXL pipelines (2 to 4 steps, 64 px, CPU)."""
+"""What the method guarantees, checked on tiny SD, SDXL and LDM pipelines (2 to 4 steps, 64 px, CPU)."""
 
 import numpy as np
 import pytest
@@ -15,6 +15,12 @@ from diffusers import (
 from bld.ops.blending import latent_mask
 
 STEPS = 4  # skip_fraction 0.25 -> 3 blended steps
+
+
+@pytest.fixture
+def pipe(any_family):
+    """Here `pipe` is every family's: SD, SDXL and the paper's LDM."""
+    return any_family
 
 
 def edit(pipe, image, mask, **kwargs):

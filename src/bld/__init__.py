@@ -6,12 +6,13 @@ The pipelines load lazily, so `import bld` and the CLI's --help stay fast.
 from .params import EditParams
 
 __version__ = "0.1.0"
-__all__ = ["BlendedLatentDiffusionPipeline", "BlendedLatentDiffusionXLPipeline",
+__all__ = ["BlendedLatentDiffusionPipeline", "BlendedLatentDiffusionXLPipeline", "BlendedLatentDiffusionLDMPipeline",
            "BlendedLatentDiffusionPipelineOutput", "EditParams", "__version__"]
 
 _LAZY = {
     "BlendedLatentDiffusionPipeline": ".pipelines.stable_diffusion",
     "BlendedLatentDiffusionXLPipeline": ".pipelines.stable_diffusion_xl",
+    "BlendedLatentDiffusionLDMPipeline": ".pipelines.latent_diffusion",
     "BlendedLatentDiffusionPipelineOutput": ".pipelines.blended",
 }
 

@@ -13,10 +13,11 @@ from .hub import local_files_only
 from .image_io import InputError
 from .model_defaults import BUNDLED_MODEL_DIR, TINY_RANDOM, default_model  # noqa: F401 - re-exported
 from .pipelines.schedulers import make_scheduler
+from .pipelines.latent_diffusion import BlendedLatentDiffusionLDMPipeline
 from .pipelines.stable_diffusion import BlendedLatentDiffusionPipeline
 from .pipelines.stable_diffusion_xl import BlendedLatentDiffusionXLPipeline
 
-Pipeline = BlendedLatentDiffusionPipeline | BlendedLatentDiffusionXLPipeline
+Pipeline = BlendedLatentDiffusionPipeline | BlendedLatentDiffusionXLPipeline | BlendedLatentDiffusionLDMPipeline
 
 
 def load_scorer(clip_model: str | None, model: str, device: torch.device):
@@ -70,7 +71,20 @@ def local_only_for(model: str) -> bool:
 
 
 def pipeline_class_for(model: str, local_only: bool | None = None) -> type[Pipeline]:
-    """The SD or SDXL pipeline class, from the model's model_index.json (a local folder or the Hub)."""
+    """The SD, SDXL or LDM pipeline class, from the model's model_index.json (a local folder or the Hub)."""
+    return pipeline_class_of(model_index(model, local_only))
+
+
+def pipeline_class_of(index: dict) -> type[Pipeline]:
+    """The family of a model_index.json: LDM (an LDMBert text encoder), SDXL (a second text encoder) or SD."""
+    if "bert" in index or "LDM" in str(index.get("_class_name", "")):
+        return BlendedLatentDiffusionLDMPipeline
+    is_xl = "text_encoder_2" in index or "XL" in str(index.get("_class_name", ""))
+    return BlendedLatentDiffusionXLPipeline if is_xl else BlendedLatentDiffusionPipeline
+
+
+def model_index(model: str, local_only: bool | None = None) -> dict:
+    """A model's model_index.json, from its folder or the Hub; one-line errors when there is none."""
     folder = Path(model)
     if folder.is_file():
         raise InputError(f"model {model!r} is a single file; bld loads diffusers folders: convert it with "
@@ -91,8 +105,7 @@ def pipeline_class_for(model: str, local_only: bool | None = None) -> type[Pipel
             raise InputError(f"cannot load model {model!r}: it is not a local folder and the Hugging Face Hub "
                              f"did not provide it (no network, an unknown id, or a gated model: "
                              f"{reason[:160]})") from None
-    is_xl = "text_encoder_2" in index or "XL" in str(index.get("_class_name", ""))
-    return BlendedLatentDiffusionXLPipeline if is_xl else BlendedLatentDiffusionPipeline
+    return index
 
 
 def load_vae(model: str | None = None, *, device: str = "auto"):
@@ -107,11 +120,12 @@ def load_vae(model: str | None = None, *, device: str = "auto"):
 
         return tiny_sd_components(tokenizer_dir=tempfile.mkdtemp(prefix="bld-"))["vae"].to(torch_device)
     local_only = local_only_for(model)
-    pipeline_class_for(model, local_only)  # the same checks and messages as a whole pipeline's
+    index = model_index(model, local_only)  # the same checks and messages as a whole pipeline's
+    subfolder = "vqvae" if pipeline_class_of(index) is BlendedLatentDiffusionLDMPipeline else "vae"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch.float32,
+            vae = AutoencoderKL.from_pretrained(model, subfolder=subfolder, torch_dtype=torch.float32,
                                                 local_files_only=local_only)
         except (OSError, ValueError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

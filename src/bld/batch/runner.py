@@ -99,14 +99,14 @@ def plan_rows(rows: list[BatchRow], ledger: Ledger, model: str, overwrite: bool)
             continue
         fingerprint = row.fingerprint(model)
         count = row.params.num_images
-        if ledger.done(row.id, fingerprint) and not overwrite:
+        if ledger.done(row.id, fingerprint):  # the same work, done: even --overwrite would remake it identically
             done_before += 1
             continue
         conflict = ledger.conflict(row.id, fingerprint, count, overwrite)
         if conflict:
             record_error(ledger, row.id, row.line, conflict)
             continue
-        recovered = None if overwrite else ledger.recovered(row.id, fingerprint, count)
+        recovered = ledger.recovered(row.id, fingerprint, count)
         if recovered is not None:
             ledger.append({**recovered, "line": row.line})
             done_before += 1
