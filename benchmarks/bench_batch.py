@@ -76,7 +76,8 @@ out.mkdir()
 for line in (folder / "manifest.jsonl").read_text().splitlines():
     row = json.loads(line)
     values = {**model_edit_defaults(model), **{k: v for k, v in row.items() if k not in ("id", "image", "mask")}}
-    params = EditParams.from_dict({**values, "guidance_scale": values.get("guidance_scale") or pipe.default_guidance_scale})
+    guidance = values.get("guidance_scale") or pipe.default_guidance_scale
+    params = EditParams.from_dict({**values, "guidance_scale": guidance})
     image = PIL.Image.open(folder / row["image"]).convert("RGB")
     mask = PIL.Image.open(folder / row["mask"]).convert("L")
     for k, result in enumerate(run_edit(pipe, image, mask, params, scorer=scorer)):

@@ -12,8 +12,8 @@ import torch
 from .hub import local_files_only
 from .image_io import InputError
 from .model_defaults import BUNDLED_MODEL_DIR, TINY_RANDOM, default_model  # noqa: F401 - re-exported
-from .pipelines.schedulers import make_scheduler
 from .pipelines.latent_diffusion import BlendedLatentDiffusionLDMPipeline
+from .pipelines.schedulers import make_scheduler
 from .pipelines.stable_diffusion import BlendedLatentDiffusionPipeline
 from .pipelines.stable_diffusion_xl import BlendedLatentDiffusionXLPipeline
 

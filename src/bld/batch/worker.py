@@ -78,8 +78,15 @@ class RowEditor:
 
     def _edit(self, task: RowTask) -> tuple[list[dict], list[bytes]]:
         from ..editing import json_safe, result_metadata, run_edit
-        from ..image_io import MAX_PIXELS, check_edit_size, check_mask_region, check_same_aspect, encode_png
-        from ..image_io import load_image, load_mask
+        from ..image_io import (
+            MAX_PIXELS,
+            check_edit_size,
+            check_mask_region,
+            check_same_aspect,
+            encode_png,
+            load_image,
+            load_mask,
+        )
         from ..pipelines.schedulers import make_scheduler
         from .ledger import output_names
 

@@ -9,6 +9,7 @@ scheduler) this pipeline takes as they are.
 from __future__ import annotations
 
 import inspect
+
 import torch
 from diffusers import AutoencoderKL, LDMTextToImagePipeline
 from diffusers.image_processor import VaeImageProcessor
