@@ -52,12 +52,11 @@ def test_later_regions_win_where_they_overlap_for_prompt_and_strength():
 
 
 def test_cell_owners_partition_the_grid_and_a_shared_cell_goes_to_the_later_region():
-    owner = np.full((4, 8), -1, np.int16)
-    owner[:, 0:3] = 0
-    owner[:, 3:6] = 1  # pixel 3 shares cell 1 with region 0's pixel 2
-    owners = cell_owners(owner, 2, (2, 4))
-    assert torch.equal(owners.sum(0), torch.ones(1, 2, 4))
-    assert owners[1, 0, 0].tolist() == [0, 1, 1, 0] and owners[0, 0, 0].tolist() == [1, 0, 0, 1]  # 3: no one's
+    """A cell shared by two regions' pixels is the later region's, one no region touches the nearest's."""
+    owner = np.array([[0, 0, 1, 1, 1, 2, 2, 2, -1, -1]] * 2, np.int16)  # cells of 2 px: the third is 1's and 2's
+    owners = cell_owners(owner, 3, (1, 5))
+    assert torch.equal(owners.sum(0), torch.ones(1, 1, 5))
+    assert [int(owners[:, 0, 0, k].argmax()) for k in range(5)] == [0, 1, 2, 2, 2]  # the last: no one's, the nearest
 
 
 def test_combined_noise_is_each_owners_prediction_value_for_value():
@@ -186,6 +185,12 @@ def test_bad_regions_are_refused_by_number(sd_pipe, image, case, message):
         edit(sd_pipe, image, masks, prompts, **extra)
 
 
+def test_regions_take_one_main_prompt(sd_pipe, image):
+    with pytest.raises(ValueError, match="an edit with regions takes one main prompt"):
+        sd_pipe(["a red star", "a cat"], image, make_mask(box=LEFT), regions=["a blue moon"],
+                region_masks=[make_mask(box=RIGHT)], **FAST)
+
+
 def test_a_weaker_region_joins_later(sd_pipe, image):
     """Strength 0.5 of 8 kept steps: the region's cells join the blended mask from step 4 on, the main
     region's from step 0."""
@@ -219,11 +224,14 @@ def test_regions_far_apart_are_edited_in_crops_of_their_own(sd_pipe):
 
 # -- the oracle --------------------------------------------------------------------------------------------
 
-def test_a_perfect_denoiser_lands_each_region_on_its_own_prompts_latent(sd_pipe, image, monkeypatch):
+@pytest.mark.parametrize("guidance_cutoff", [1.0, 0.5])
+def test_a_perfect_denoiser_lands_each_region_on_its_own_prompts_latent(sd_pipe, image, monkeypatch,
+                                                                         guidance_cutoff):
     """A stand-in UNet that knows, for each prompt, the exact noise towards that prompt's clean latent
     (it tells the prompts apart by their embeddings; each region's negative prompt points at its region's
     latent, so guidance changes nothing): every cell ends at its own region's latent, the later region's
-    where two overlap, and outside every region at the source latent."""
+    where two overlap, and outside every region at the source latent; also when guidance stops half-way
+    and only the conditional rows run."""
     prompts = [("a red star", "blurry"), ("a blue moon", "dark"), ("a green tree", "noisy")]
     masks = [make_mask(box=LEFT), make_mask(box=RIGHT), make_mask(box=CORNER)]
     original = sd_pipe.scheduler
@@ -247,7 +255,7 @@ def test_a_perfect_denoiser_lands_each_region_on_its_own_prompts_latent(sd_pipe,
         latents = sd_pipe(prompts[0][0], image, masks[0], negative_prompt=prompts[0][1],
                           regions=[Region(t, negative_prompt=n) for t, n in prompts[1:]], region_masks=masks[1:],
                           num_inference_steps=8, skip_fraction=0.0, guidance_scale=5.0, generator=gen(3),
-                          output_type="latent", crop="off").images
+                          output_type="latent", crop="off", guidance_cutoff=guidance_cutoff).images
     finally:
         sd_pipe.scheduler = original
     owned = [cells(LEFT), cells(RIGHT) & ~cells(CORNER), cells(CORNER)]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from .masks import shape_mask
 
@@ -81,17 +82,21 @@ def shape_regions(masks: list, size: tuple[int, int], strengths: list[float], *,
 
 def cell_owners(owner: np.ndarray, count: int, latent_size: tuple[int, int]) -> torch.Tensor:
     """(count, 1, h, w) in {0, 1}, one latent map per region that partitions the latent grid: a cell goes to the
-    last region with a pixel in it, and a cell no region touches to the first (the main prompt: background,
-    blended away). `owner` is the owner map of the piece being edited, at any size."""
+    last region with a pixel in it, and a cell no region touches to the nearest region's cell (so the band
+    that progressive shrinking adds around a region follows that region's prompt). `owner` is the owner map
+    of the piece being edited, at any size."""
     pixels = torch.from_numpy(np.ascontiguousarray(owner)).long()[None, None]
-    cells = torch.zeros(count, 1, *latent_size)
-    taken = torch.zeros(1, 1, *latent_size)
-    for index in reversed(range(1, count)):
-        touched = F.adaptive_max_pool2d((pixels == index).float(), latent_size)[0]
-        cells[index] = touched * (1 - taken[0])
-        taken = torch.maximum(taken, touched[None])
-    cells[0] = 1 - taken[0]
-    return cells
+    grid = np.full(latent_size, -1, dtype=np.int64)
+    for index in range(count):
+        touched = F.adaptive_max_pool2d((pixels == index).float(), latent_size)[0, 0].numpy() > 0
+        grid[touched] = index
+    if (grid < 0).all():
+        grid[:] = 0
+    elif (grid < 0).any():
+        _, (rows, cols) = ndimage.distance_transform_edt(grid < 0, return_indices=True)
+        grid = grid[rows, cols]
+    cells = torch.from_numpy(grid)[None] == torch.arange(count).view(count, 1, 1)
+    return cells[:, None].float()
 
 
 def combine_region_noise(noise: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
