@@ -302,3 +302,19 @@ def test_a_result_remakes_from_its_metadata_and_the_masks(sd_pipe, image):
     remade = params_from_metadata(result_metadata(params, second, "tiny-random"))
     (again,) = run_edit(sd_pipe, image, masks[0], remade, region_masks=masks[1:])
     assert np.array_equal(np.asarray(again.image), np.asarray(second.image))
+
+
+def test_with_crops_each_region_is_scored_through_the_crop_that_holds_it(sd_pipe, scorer):
+    image = make_image((320, 192))
+    masks = [make_mask((320, 192), (8, 8, 40, 40)), make_mask((320, 192), (272, 144, 312, 184))]
+    params = EditParams(prompt="a red star", regions=[Region("a blue moon")], num_images=2, seed=1, **FAST)
+    results = run_edit(sd_pipe, image, masks[0], params, scorer, region_masks=masks[1:])
+    boxes = [tuple(c["box"]) for c in results[0].crops]
+    assert len(boxes) == 2
+    for result in results:
+        for k, (mask, prompt) in enumerate(zip(masks, ["a red star", "a blue moon"])):
+            pixels = np.asarray(mask) > 0
+            box = next(b for b in boxes if pixels[b[1]:b[3], b[0]:b[2]].any())
+            assert result.region_scores[k] == pytest.approx(scorer.text_match(result.image, prompt, pixels, box),
+                                                            abs=1e-4)
+        assert result.metrics["text_match"] == pytest.approx(result.score, abs=1e-4)
