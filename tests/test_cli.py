@@ -447,3 +447,65 @@ def test_convert_offline_without_a_config_says_to_pass_one(tmp_path, capsys, mon
     xl = tmp_path / "xl.safetensors"
     save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(1)}, str(xl))
     assert checkpoint_is_xl(xl) and not checkpoint_is_xl(checkpoint)
+
+
+# -- several regions ---------------------------------------------------------------------------------------
+
+def test_region_adds_a_region_with_its_own_prompt_scored_and_recorded(files, capsys):
+    folder, image, mask = files
+    make_mask(box=(44, 4, 60, 20)).save(folder / "moon.png")
+    code, out, err = run(capsys, "edit", image, mask, "a red star", "--region", folder / "moon.png", "a blue moon",
+                         "-o", folder / "r.png", "--steps", "4", "--num-results", "2", "--seed", "3", "--json")
+    assert code == 0, err
+    assert "2 regions' prompts in each model call" in err
+    summary = json.loads(out)
+    assert summary["params"]["regions"] == [{"prompt": "a blue moon", "negative_prompt": None, "strength": 1.0}]
+    union = (np.asarray(make_mask()) > 0) | (np.asarray(make_mask(box=(44, 4, 60, 20))) > 0)
+    for output in summary["outputs"]:
+        assert len(output["region_scores"]) == 2 and output["score"] == min(output["region_scores"])
+        params = params_from_metadata(read_png_metadata(output["path"]))
+        assert [r.prompt for r in params.regions] == ["a blue moon"] and params.seed == output["seed"]
+        result = np.asarray(PIL.Image.open(output["path"]).convert("RGB"))
+        assert np.array_equal(result[~union], np.asarray(make_image())[~union])
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("missing", "moon.png"),
+    ("aspect", "'{folder}/moon.png' is 128x64 but image"),
+    ("empty", "region mask '{folder}/moon.png': mask is empty"),
+    ("invert", "--invert-mask does not apply to several regions"),
+    ("covered", "region 1 is covered entirely by later regions"),
+])
+def test_a_bad_region_gets_one_line_naming_it_and_no_output(files, capsys, case, pattern):
+    folder, image, mask = files
+    moon, extra = folder / "moon.png", []
+    if case == "aspect":
+        make_mask((128, 64), box=(4, 4, 40, 20)).save(moon)
+    elif case == "empty":
+        PIL.Image.new("L", (64, 64), 0).save(moon)
+    elif case == "covered":
+        make_mask(box=(8, 8, 48, 56)).save(moon)
+    elif case != "missing":
+        make_mask(box=(44, 4, 60, 20)).save(moon)
+    if case == "invert":
+        extra = ["--invert-mask"]
+    code, _, err = run(capsys, "edit", image, mask, "a red star", "--region", moon, "a blue moon", "-o",
+                       folder / "r.png", *FAST, *extra)
+    assert_one_line_error(code, err, pattern.format(folder=folder))
+    assert not list(folder.glob("r*.png"))
+
+
+def test_a_bad_region_mask_is_reported_before_torch_loads(tmp_path):
+    import subprocess
+    import sys
+
+    make_image().save(tmp_path / "image.png")
+    make_mask().save(tmp_path / "mask.png")
+    PIL.Image.new("L", (64, 32), 255).save(tmp_path / "wide.png")
+    code = ("import sys; from bld.apps.cli import main; code = main(sys.argv[1:]); "
+            "print([m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code, "edit", str(tmp_path / "image.png"),
+                             str(tmp_path / "mask.png"), "a red star", "--region", str(tmp_path / "wide.png"), "x",
+                             "-o", str(tmp_path / "out.png")], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout.strip() == "[]", result.stderr
+    assert result.stderr.count("\n") == 1 and "wide.png" in result.stderr

@@ -219,7 +219,7 @@ def test_controls_are_generated_from_edit_params(pipe, scorer, tmp_path):
     app = build_app(pipe, scorer, model=TINY_RANDOM, results_dir=tmp_path)
     controls = {b.elem_id[len("param-"):]: b for b in app.blocks.values()
                 if getattr(b, "elem_id", None) and b.elem_id.startswith("param-")}
-    names = [f.name for f in dataclasses.fields(EditParams) if f.name not in ("prompt", "negative_prompt")]
+    names = [f.name for f in dataclasses.fields(EditParams) if f.name not in ("prompt", "negative_prompt", "regions")]
     assert sorted(controls) == sorted(names)
     for field in dataclasses.fields(EditParams):
         if field.name not in controls:
@@ -366,3 +366,60 @@ def test_the_soft_brush_paints_half_strength_for_soft_masks():
     soft = np.asarray(mask_from_editor(value, image, soft=True))
     assert soft[10, 10] == 255 and soft[10, 40] == 127  # 76 / 153 of full strength
     assert np.asarray(mask_from_editor(value, image))[10, 40] == 255  # binary: any paint edits
+
+
+# -- several regions ---------------------------------------------------------------------------------------
+
+def test_regions_painted_with_their_own_prompts_edit_in_one_pass(editor):
+    image, first, second = make_image(), make_mask(box=(4, 4, 28, 28)), make_mask(box=(36, 36, 60, 60))
+    rows = [(editor_value(image, painted_layer(second)), "a blue moon"), (editor_value(image), ""), (None, "  ")]
+    outcome = editor.edit(image, editor_value(image, painted_layer(first)), "a red star", "", FAST, regions=rows)
+    assert outcome.ok, outcome.message
+    assert "each region's own prompt inside it" in outcome.message
+    union = (np.asarray(first) > 0) | (np.asarray(second) > 0)
+    source = np.asarray(image).astype(int)
+    for path, record in zip(outcome.files, outcome.results):
+        result = np.asarray(PIL.Image.open(path).convert("RGB")).astype(int)
+        assert np.array_equal(result[~union], source[~union])
+        for mask in (first, second):
+            assert np.abs(result[np.asarray(mask) > 0] - source[np.asarray(mask) > 0]).mean() > 10
+        assert [r.prompt for r in params_from_metadata(read_png_metadata(path)).regions] == ["a blue moon"]
+        assert len(record["region_scores"]) == 2 and record["score"] == min(record["region_scores"])
+
+
+@pytest.mark.parametrize("row, message", [
+    ("prompt only", "region 2 has a prompt but no mask"),
+    ("mask only", "region 2 has a mask but no prompt"),
+    ("covering", "region 1 is covered entirely by later regions"),
+])
+def test_a_half_filled_region_row_is_refused_by_number(editor, row, message):
+    image, first = make_image(), make_mask(box=(4, 4, 28, 28))
+    value = {"prompt only": editor_value(image), "mask only": editor_value(image, painted_layer(make_mask())),
+             "covering": editor_value(image, painted_layer(make_mask(box=(0, 0, 40, 40))))}[row]
+    rows = [(value, "" if row == "mask only" else "a blue moon")]
+    outcome = editor.edit(image, editor_value(image, painted_layer(first)), "a red star", "", FAST, regions=rows)
+    assert not outcome.ok and message in outcome.message
+
+
+def test_preview_shows_every_region(editor):
+    image, first, second = make_image(), make_mask(box=(4, 4, 28, 28)), make_mask(box=(36, 36, 60, 60))
+    picture, message = editor.preview(image, editor_value(image, painted_layer(first)), FAST,
+                                      [(editor_value(image, painted_layer(second)), "a blue moon")])
+    assert message.startswith("**Preview:**") and "2 regions" in message
+    for x, y in ((16, 16), (48, 48)):
+        assert np.asarray(picture)[y, x].tolist() != np.asarray(image)[y, x].tolist()
+
+
+def test_add_a_region_shows_one_more_row_up_to_three(pipe, tmp_path):
+    app = build_app(pipe, None, model=TINY_RANDOM, results_dir=tmp_path)
+    groups = [b for b in app.blocks.values() if re.fullmatch(r"region-\d", getattr(b, "elem_id", None) or "")]
+    assert len(groups) == webapp.EXTRA_REGIONS == 3 and not any(g.visible for g in groups)
+    add = next(fn for fn in app.fns.values() if getattr(fn.fn, "__name__", "") == "on_add_region").fn
+    count = 0
+    for shown in (1, 2, 3, 3):
+        count, *visible, button = add(count)
+        assert count == shown and [v["visible"] for v in visible] == [k < shown for k in range(3)]
+        assert button["interactive"] is (shown < 3)
+    fresh = next(fn for fn in app.fns.values() if getattr(fn.fn, "__name__", "") == "on_new_input").fn
+    image = make_image()
+    assert all(v["background"] is image and v["layers"] == [] for v in fresh(image))

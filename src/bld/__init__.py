@@ -3,11 +3,11 @@
 The pipelines load lazily, so `import bld` and the CLI's --help stay fast.
 """
 
-from .params import EditParams
+from .params import EditParams, Region
 
 __version__ = "0.1.0"
 __all__ = ["BlendedLatentDiffusionPipeline", "BlendedLatentDiffusionXLPipeline", "BlendedLatentDiffusionLDMPipeline",
-           "BlendedLatentDiffusionPipelineOutput", "EditParams", "__version__"]
+           "BlendedLatentDiffusionPipelineOutput", "EditParams", "Region", "__version__"]
 
 _LAZY = {
     "BlendedLatentDiffusionPipeline": ".pipelines.stable_diffusion",

@@ -14,9 +14,12 @@ import PIL.Image
 import torch
 
 from . import __version__
+from .ops.cropping import bounding_box
 from .ops.masks import needs_shaping, shape_mask
 from .ops.metrics import compute_metrics
+from .ops.regions import RegionLayout, region_view, shape_regions
 from .params import EditParams
+from .ranking import combine_region_scores
 
 METADATA_KEY = "bld"
 
@@ -26,9 +29,10 @@ class EditResult:
     image: PIL.Image.Image
     seed: int
     index: int  # position in the generated batch (result k used seed + k)
-    score: float | None = None  # CLIP text match inside the mask, when ranked
+    score: float | None = None  # CLIP text match inside the mask, when ranked (regions: the worst region's)
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     crops: list[dict] = dataclasses.field(default_factory=list)  # the boxes edited and their sizes
+    region_scores: list[float] | None = None  # with regions, when ranked: each region's own score, the main first
 
 
 def with_seed(params: EditParams) -> EditParams:
@@ -41,12 +45,16 @@ def result_seeds(params: EditParams) -> list[int]:
     return [params.seed + k for k in range(params.num_images)]
 
 
-def run_edit(pipe, image, mask, params: EditParams, scorer=None, callback_on_step_end=None) -> list[EditResult]:
+def run_edit(pipe, image, mask, params: EditParams, scorer=None, callback_on_step_end=None,
+             region_masks=()) -> list[EditResult]:
     """Edit `image` inside `mask` (both PIL) with a pipeline; `params.seed` must be set (see with_seed).
 
     Each result has its own CPU generator, so results do not depend on the device or the batch size.
     With a scorer and params.rank, results come best first with their scores. Each result carries its
     metrics (background PSNR and SSIM, edge color difference, and the text match when scored).
+    With params.regions, `region_masks` holds their masks (PIL, one per region): the background numbers are
+    measured outside every region, the text match of each region inside its own pixels, and `text_match`
+    and the score are the worst region's (bld.ranking.combine_region_scores).
     """
     if params.seed is None:
         raise ValueError("run_edit needs params with a seed: call with_seed(params) first")
@@ -66,16 +74,43 @@ def run_edit(pipe, image, mask, params: EditParams, scorer=None, callback_on_ste
         feather=params.feather, reconstruction_steps=params.reconstruction_steps,
         reconstruction_crop=params.reconstruction_crop, paste_outside=params.paste_outside,
         reconstruction_background_weight=params.reconstruction_background_weight, scorer=scorer,
-        callback_on_step_end=callback_on_step_end,
+        callback_on_step_end=callback_on_step_end, regions=params.regions, region_masks=list(region_masks),
     )
     order = output.order or list(range(len(output.images)))
     scores = output.scores or [None] * len(order)
-    edited_region = shaped_region(mask, params, image.size)
+    region_scores = output.region_scores or [None] * len(order)
     crops = output.crops or []
     windows = stitched_boxes(crops, image.size)
-    return [EditResult(img, seeds[k], k, score, compute_metrics(image, img, edited_region, prompt=params.prompt,
-                                                                scorer=scorer, windows=windows), crops)
-            for img, k, score in zip(output.images, order, scores)]
+    if not params.regions:
+        edited_region = shaped_region(mask, params, image.size)
+        return [EditResult(img, seeds[k], k, score, compute_metrics(image, img, edited_region, prompt=params.prompt,
+                                                                    scorer=scorer, windows=windows), crops)
+                for img, k, score in zip(output.images, order, scores)]
+    layout = edit_layout(mask, region_masks, params, image.size)
+    results = []
+    for img, k, score, per_region in zip(output.images, order, scores, region_scores):
+        metrics = compute_metrics(image, img, layout.union, windows=windows)
+        if scorer is not None:
+            metrics["text_match"] = combine_region_scores(region_text_matches(scorer, img, layout, params, windows))
+        results.append(EditResult(img, seeds[k], k, score, metrics, crops, per_region))
+    return results
+
+
+def edit_layout(mask, region_masks, params: EditParams, size: tuple[int, int]) -> RegionLayout:
+    """The regions of an edit with params.regions as the pipeline lays them out (bld.ops.regions), at `size`."""
+    return shape_regions([mask, *region_masks], size, [1.0] + [region.strength for region in params.regions],
+                         soft_mask=params.soft_mask, grow=params.mask_grow, blur=params.mask_blur)
+
+
+def region_text_matches(scorer, image, layout: RegionLayout, params: EditParams, windows=None) -> list[float]:
+    """Each region's text match: its own prompt inside its own pixels (seen through the crops that hold it)."""
+    prompts = [params.prompt, *(region.prompt for region in params.regions)]
+    matches = []
+    for index, prompt in enumerate(prompts):
+        pixels = layout.region(index)
+        view = bounding_box(region_view(pixels, windows)) if windows else None
+        matches.append(float(scorer.text_match(image, prompt, pixels, view)))
+    return matches
 
 
 def stitched_boxes(crops: list[dict], size: tuple[int, int]) -> list[tuple[int, int, int, int]] | None:
@@ -130,6 +165,8 @@ def result_metadata(params: EditParams, result: EditResult, model: str) -> dict[
     name = model_name(model)
     record = {"params": own.to_dict(), "batch_seed": params.seed, "index": result.index, "model": name,
               "score": result.score, "metrics": result.metrics, "crops": result.crops, "bld_version": __version__}
+    if result.region_scores is not None:
+        record["region_scores"] = result.region_scores
     return {METADATA_KEY: json.dumps(json_safe(record), sort_keys=True), "parameters": a1111_parameters(own, name)}
 
 

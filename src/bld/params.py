@@ -19,6 +19,44 @@ Reconstruction = Literal["none", "pixel", "poisson", "latent", "decoder"]
 CropMode = Literal["auto", "off"]
 
 
+@dataclass(frozen=True)
+class Region:
+    """One more region of an edit, beyond the main mask and prompt: what its mask should show, what it should
+    not (None: the edit's negative prompt) and its strength (it joins the edit for the last `strength` of the
+    kept steps, as a soft mask's gray level does; 1 = from the first kept step). Its mask is an input, passed
+    alongside (the pipelines' and run_edit's `region_masks`)."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise ValueError(f"a region's prompt must be a string, got {type(self.prompt).__name__}")
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise ValueError(f"a region's negative_prompt must be a string or None, got "
+                             f"{type(self.negative_prompt).__name__}")
+        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) or not (
+                0 < self.strength <= 1):
+            raise ValueError(f"a region's strength must be a number in (0, 1], got {self.strength!r}")
+        object.__setattr__(self, "strength", float(self.strength))
+
+    @classmethod
+    def of(cls, value: Region | dict[str, Any] | str) -> Region:
+        """A Region from a Region, a dict of its fields (as to_dict writes it) or a prompt."""
+        if isinstance(value, Region):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, dict):
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ValueError(f"unknown region field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            return cls(**value)
+        raise ValueError(f"a region must be a Region, a dict or a prompt string, got {type(value).__name__}")
+
+
 def _param(default: Any, help: str, *, low: float | None = None, high: float | None = None,
            choices: tuple[str, ...] | None = None, flag: str | None = None) -> Any:
     """A dataclass field whose metadata carries the range, the choices and the help line."""
@@ -111,8 +149,13 @@ class EditParams:
     scheduler: SchedulerName = _param(
         "ddim", "Sampler: ddim, dpm++, euler, euler-a, or 'model' for the one saved with the model.",
         choices=("ddim", "dpm++", "euler", "euler-a", "model"))
+    regions: tuple[Region, ...] = _param(
+        (), "More regions edited in the same pass, each with its own prompt (its masks are inputs); where regions "
+        "overlap, the later one wins. Not a flag: the CLI's --region MASK PROMPT.")
 
     def __post_init__(self) -> None:
+        # regions may come as a list of Regions, dicts or prompts (JSON, a caller's list): stored as Regions
+        object.__setattr__(self, "regions", regions_of(self.regions))
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +172,17 @@ class EditParams:
         if unknown:
             raise ValueError(f"unknown edit parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**values)
+
+
+NOT_CONTROLS = ("regions",)
+"""EditParams fields that are no flag or control of their own (a region comes with its mask, an input)."""
+
+
+def regions_of(values: Any) -> tuple[Region, ...]:
+    """A tuple of Regions from a list or tuple of Regions, dicts or prompts."""
+    if isinstance(values, (str, dict, Region)) or not isinstance(values, (list, tuple)):
+        raise ValueError(f"regions must be a list of regions, got {type(values).__name__}")
+    return tuple(Region.of(v) for v in values)
 
 
 def field_flag(param: dataclasses.Field) -> str:
@@ -153,7 +207,7 @@ def validate(params: EditParams) -> None:
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
         meta = f.metadata
-        if value is None:
+        if value is None or f.name in NOT_CONTROLS:
             continue
         if meta["choices"] is not None:
             if value not in meta["choices"]:

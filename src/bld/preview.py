@@ -59,4 +59,6 @@ def describe_plan(preview, params: EditParams, image_size: tuple[int, int]) -> s
     kept = params.num_inference_steps - num_skipped_steps(params.num_inference_steps, params.skip_fraction)
     results = f"{params.num_images} result{'s' if params.num_images > 1 else ''}"
     each = " in each crop" if len(crops) > 1 else ""
-    return f"edits {where}; the model's native size is {native} px; {kept} denoising steps x {results}{each}"
+    regions = f", {len(params.regions) + 1} regions' prompts in each model call" if params.regions else ""
+    return (f"edits {where}; the model's native size is {native} px; {kept} denoising steps x {results}{each}"
+            f"{regions}")

@@ -235,3 +235,10 @@ def rank(scores: Sequence[float]) -> list[int]:
         return (True, 0.0) if math.isnan(values[i]) else (False, -values[i])
 
     return sorted(range(len(values)), key=key)
+
+
+def combine_region_scores(scores: Sequence[float]) -> float:
+    """A multi-region result's score from its regions' scores (each region's prompt inside its own pixels): the
+    lowest. An edit succeeds when every region does, so a result that misses one region ranks below one that
+    gets them all, however well it does the others (a mean would let a strong region hide a failed one)."""
+    return float(min(scores))

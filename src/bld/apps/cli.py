@@ -18,7 +18,7 @@ import PIL.Image
 
 from ..image_io import MAX_PIXELS, InputError, check_edit_size, check_mask_region
 from ..outpainting import DEFAULT_OVERLAP, FILLS
-from ..params import EditParams, field_flag, field_value_type
+from ..params import NOT_CONTROLS, EditParams, Region, field_flag, field_value_type
 
 RUNTIME_FLAGS = ("model", "device", "dtype")
 
@@ -35,7 +35,7 @@ def add_param_flags(parser: argparse.ArgumentParser, leave_out: tuple[str, ...] 
     given is None: params_from_args fills in the model's recommended value or the field's default."""
     group = parser.add_argument_group("edit parameters", bundled_defaults_note())
     for field in dataclasses.fields(EditParams):
-        if field.name == "prompt" or field.name in leave_out:
+        if field.name == "prompt" or field.name in leave_out or field.name in NOT_CONTROLS:
             continue
         meta, flag = field.metadata, field_flag(field)
         help_text = meta["help"]
@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("prompt", help="what the masked region should show")
     edit.add_argument("-o", "--output", required=True,
                       help="result PNG; with several results: NAME-1.png, NAME-2.png, ...")
+    edit.add_argument("--region", nargs=2, action="append", metavar=("MASK", "PROMPT"), default=None,
+                      help="one more region edited in the same pass, its mask (same aspect ratio as the image) and "
+                           "its own prompt; repeat for more. The positional MASK and PROMPT are the first region; "
+                           "where regions overlap, the later one wins")
     add_param_flags(edit)
     add_runtime_flags(edit)
     add_size_limit_flag(edit)
@@ -379,7 +383,9 @@ def load_for_args(args, params: EditParams):
 def warn_unknown_words(pipe, params: EditParams) -> None:
     from ..editing import unknown_words
 
-    for text, flag in ((params.prompt, "prompt"), (params.negative_prompt or "", "negative prompt")):
+    texts = [(params.prompt, "prompt"), (params.negative_prompt or "", "negative prompt")] + [
+        (region.prompt, f"prompt of region {number}") for number, region in enumerate(params.regions, start=2)]
+    for text, flag in texts:
         unknown, known = unknown_words(getattr(pipe, "tokenizer", None), text)
         if unknown:
             notice(f"the model does not know {', '.join(repr(w) for w in unknown)} in the {flag} and will draw "
@@ -389,7 +395,8 @@ def warn_unknown_words(pipe, params: EditParams) -> None:
 def summarize(results, paths) -> list[dict]:
     from ..editing import json_safe
 
-    return [json_safe({"path": str(p), "seed": r.seed, "score": r.score, "metrics": r.metrics, "crops": r.crops})
+    return [json_safe({"path": str(p), "seed": r.seed, "score": r.score, "metrics": r.metrics, "crops": r.crops,
+                       **({"region_scores": r.region_scores} if r.region_scores is not None else {})})
             for r, p in zip(results, paths)]
 
 
@@ -420,8 +427,41 @@ def run_edit_command(args: argparse.Namespace) -> dict:
                              mask_name=args.mask)
     check_edit_size(image.size, params.crop, params.width, params.height)
     check_mask_region(mask, params.invert_mask, params.soft_mask)
+    region_masks = load_region_masks(args.region or [], image, params, limit)
+    if region_masks:
+        params = dataclasses.replace(params, regions=tuple(Region(prompt) for _, prompt in args.region))
     check_model_source(args.model)
-    return edit_and_save(args, params, image, mask, paths)
+    if region_masks:
+        check_region_layout(mask, region_masks, params, image.size)
+    return edit_and_save(args, params, image, mask, paths, region_masks=region_masks)
+
+
+def load_region_masks(regions: list[list[str]], image, params: EditParams, limit: int) -> list:
+    """The --region masks, each read and checked as the main mask is (a file, the image's aspect ratio,
+    something to edit), every error naming its file."""
+    from ..image_io import check_same_aspect, load_mask
+
+    if regions and params.invert_mask:
+        raise InputError("--invert-mask does not apply to several regions: paint each region to change")
+    masks = []
+    for path, _ in regions:
+        mask = check_same_aspect(image, load_mask(path, max_pixels=limit), mask_name=path)
+        try:
+            check_mask_region(mask, False, params.soft_mask)
+        except InputError as exc:
+            raise InputError(f"region mask {path!r}: {exc}") from None
+        masks.append(mask)
+    return masks
+
+
+def check_region_layout(mask, region_masks: list, params: EditParams, size: tuple[int, int]) -> None:
+    """Every region keeps some pixels of its own after later ones win their overlaps (before a model loads)."""
+    from ..editing import edit_layout
+
+    try:
+        edit_layout(mask, region_masks, params, size)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def run_outpaint_command(args: argparse.Namespace) -> dict:
@@ -447,7 +487,7 @@ def run_outpaint_command(args: argparse.Namespace) -> dict:
 
 
 def edit_and_save(args: argparse.Namespace, params: EditParams, image, mask, paths: list[Path],
-                  extra_metadata: dict[str, str] | None = None) -> dict:
+                  extra_metadata: dict[str, str] | None = None, region_masks=()) -> dict:
     """Load the model, edit, write each result atomically with its parameters; the summary."""
     from ..editing import result_metadata, run_edit, with_seed
     from ..image_io import save_png_atomic
@@ -464,8 +504,8 @@ def edit_and_save(args: argparse.Namespace, params: EditParams, image, mask, pat
                "Stable Diffusion weights (a Hub id or a diffusers folder)")
     warn_unknown_words(pipe, params)
     if hasattr(pipe, "edit_preview"):
-        notice(describe_plan(pipe.edit_preview(image, mask, params), params, image.size))
-    results = run_edit(pipe, image, mask, params, scorer=scorer)
+        notice(describe_plan(pipe.edit_preview(image, mask, params, region_masks=region_masks), params, image.size))
+    results = run_edit(pipe, image, mask, params, scorer=scorer, region_masks=region_masks)
     for result, path in zip(results, paths):
         save_png_atomic(result.image, path, metadata={**result_metadata(params, result, model),
                                                       **(extra_metadata or {})}, overwrite=args.overwrite)

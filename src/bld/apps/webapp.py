@@ -27,7 +27,16 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from ..editing import json_safe, model_name, result_metadata, run_edit, shaped_region, unknown_words, with_seed
+from ..editing import (
+    edit_layout,
+    json_safe,
+    model_name,
+    result_metadata,
+    run_edit,
+    shaped_region,
+    unknown_words,
+    with_seed,
+)
 from ..image_io import (
     MAX_EDIT_PIXELS,
     MAX_PIXELS,
@@ -38,7 +47,7 @@ from ..image_io import (
     save_png_atomic,
 )
 from ..model_defaults import model_edit_defaults
-from ..params import EditParams, field_flag, field_value_type
+from ..params import NOT_CONTROLS, EditParams, Region, field_flag, field_value_type
 
 MAX_UPLOAD_MB = 50
 """Largest accepted upload (image or mask file), in MiB; Gradio refuses larger ones before they arrive."""
@@ -48,6 +57,8 @@ PRIMARY_FIELDS = ("num_inference_steps", "guidance_scale", "skip_fraction", "num
 """EditParams fields shown up front; every other one (but the prompts) goes under "More parameters"."""
 
 TEXT_FIELDS = ("prompt", "negative_prompt")
+EXTRA_REGIONS = 3
+"""Region rows the page offers beyond the main mask and prompt, each its own painted mask and prompt."""
 PAINT_ALPHA_MIN = 32
 """A painted layer pixel with at least this alpha (of 255) belongs to the mask: strokes are semi-transparent,
 and the faint fringe an eraser leaves at its edge does not count."""
@@ -182,7 +193,7 @@ def params_from_values(prompt: str | None, negative_prompt: str | None, values: 
     """
     clean: dict[str, Any] = {}
     for field in dataclasses.fields(EditParams):
-        if field.name in TEXT_FIELDS or field.name not in values:
+        if field.name in TEXT_FIELDS or field.name in NOT_CONTROLS or field.name not in values:
             continue
         value, kind = values[field.name], field_value_type(field)
         if isinstance(value, str) and kind is not str:
@@ -228,6 +239,35 @@ def checked_mask(image: PIL.Image.Image, mask: Any, params: EditParams) -> tuple
                                        if params.invert_mask else ""))
     check_web_edit_size(image, params)
     return mask_image, region
+
+
+def checked_regions(image: PIL.Image.Image, mask_image: PIL.Image.Image, rows: list[tuple[Any, str]] | None,
+                    params: EditParams) -> tuple[EditParams, list[PIL.Image.Image], np.ndarray | None]:
+    """The page's extra region rows (each the editor's value and a prompt; a row with neither is unused) as
+    params with their regions, the regions' masks, and the union of all regions (None without any); a row
+    with only one of the two, or a region left with nothing of its own, is refused with its number."""
+    used = [(value, (text or "").strip()) for value, text in rows or []]
+    masks, regions = [], []
+    for number, (value, text) in enumerate(used, start=2):
+        mask = mask_from_editor(value, image, soft=params.soft_mask)
+        painted = bool(np.asarray(mask).any())
+        if not painted and not text:
+            continue
+        if not painted:
+            raise InputError(f"region {number} has a prompt but no mask: paint over its region (or clear its prompt)")
+        if not text:
+            raise InputError(f"region {number} has a mask but no prompt: type what it should show")
+        masks.append(mask)
+        regions.append(Region(text))
+    if not regions:
+        return params, [], None
+    if params.invert_mask:
+        raise InputError("'invert mask' does not apply to several regions: paint each region to change")
+    params = dataclasses.replace(params, regions=tuple(regions))
+    union = edit_layout(mask_image, masks, params, image.size).union
+    if union.all():
+        raise InputError("the regions cover the whole image together: nothing would be kept")
+    return params, masks, union
 
 
 def _whole_pixels(value: Any, name: str) -> int:
@@ -291,9 +331,11 @@ class WebEditor:
     # -- the edit -----------------------------------------------------------------------------------------
     def edit(self, image: PIL.Image.Image | None, mask: Any, prompt: str | None, negative_prompt: str | None = None,
              values: dict[str, Any] | None = None, *, progress: ProgressFn | None = None,
-             session: str = "", extra_metadata: dict[str, str] | None = None) -> EditOutcome:
+             session: str = "", extra_metadata: dict[str, str] | None = None,
+             regions: list[tuple[Any, str]] | None = None) -> EditOutcome:
         """Run one request: the checks (each failure is a message for the page), then the edit on the shared
-        model, results best first with their scores and metrics, each saved as a PNG with its parameters."""
+        model, results best first with their scores and metrics, each saved as a PNG with its parameters.
+        regions: more (mask, prompt) rows, each a painted mask (as `mask`) and its own prompt."""
         if progress is None:  # not `progress or ...`: an idle gr.Progress has length 0, so it is falsy
             progress = lambda *args, **kwargs: None  # noqa: E731
         try:
@@ -303,6 +345,7 @@ class WebEditor:
             if not params.prompt:
                 raise InputError("type a prompt: what the painted region should show")
             mask_image, _ = checked_mask(image, mask, params)
+            params, region_masks, _ = checked_regions(image, mask_image, regions, params)
             params = with_seed(params)
             if params.guidance_scale is None:
                 params = dataclasses.replace(params, guidance_scale=self.pipe.default_guidance_scale)
@@ -311,7 +354,7 @@ class WebEditor:
 
         cancel = self._new_cancel_event(session)
         try:
-            return self._run(image, mask_image, params, progress, cancel, extra_metadata)
+            return self._run(image, mask_image, params, progress, cancel, extra_metadata, region_masks)
         except EditCancelled:
             return EditOutcome(message=CANCELLED_MESSAGE, params=params)
         except (InputError, ValueError) as exc:
@@ -325,7 +368,7 @@ class WebEditor:
         EditParams fields by name (the model's recommended values, then EditParams' defaults, fill the rest).
         Unknown parameter names are refused by name; every other check is the page's."""
         parameters = dict(parameters or {})
-        known = {f.name for f in dataclasses.fields(EditParams)} - set(TEXT_FIELDS)
+        known = {f.name for f in dataclasses.fields(EditParams)} - set(TEXT_FIELDS) - set(NOT_CONTROLS)
         unknown = sorted(set(parameters) - known)
         if unknown:
             return EditOutcome(message=error_message(f"unknown parameter(s) {', '.join(unknown)}; known: "
@@ -342,10 +385,10 @@ class WebEditor:
         values = {**(model_edit_defaults(self.model) if self.model else {}), **parameters}
         return self.edit(image, mask, prompt, negative_prompt, values)
 
-    def preview(self, image: PIL.Image.Image | None, mask: Any, values: dict[str, Any] | None = None
-                ) -> tuple[PIL.Image.Image | None, str]:
-        """What an edit with these values would change, drawn over the image, and the plan in a line. Only
-        the masks are computed: it neither waits for the model nor runs it."""
+    def preview(self, image: PIL.Image.Image | None, mask: Any, values: dict[str, Any] | None = None,
+                regions: list[tuple[Any, str]] | None = None) -> tuple[PIL.Image.Image | None, str]:
+        """What an edit with these values (and region rows) would change, drawn over the image, and the plan in
+        a line. Only the masks are computed: it neither waits for the model nor runs it."""
         from ..preview import describe_plan, render_preview
 
         try:
@@ -353,7 +396,9 @@ class WebEditor:
                 raise InputError("upload an image first")
             params = params_from_values("", None, values or {})
             mask_image, region = checked_mask(image, mask, params)
-            plan = self.pipe.edit_preview(image, mask_image, params)
+            params, region_masks, union = checked_regions(image, mask_image, regions, params)
+            region = region if union is None else union
+            plan = self.pipe.edit_preview(image, mask_image, params, region_masks=region_masks)
         except (InputError, ValueError) as exc:
             return None, error_message(exc)
         return render_preview(image, region, plan), (
@@ -384,7 +429,8 @@ class WebEditor:
                          extra_metadata={"bld_outpaint": json.dumps(extension.to_dict(), sort_keys=True)})
 
     def _run(self, image, mask_image, params: EditParams, progress: ProgressFn,
-             cancel: threading.Event, extra_metadata: dict[str, str] | None = None) -> EditOutcome:
+             cancel: threading.Event, extra_metadata: dict[str, str] | None = None,
+             region_masks: list | None = None) -> EditOutcome:
         from ..ops.blending import num_skipped_steps
         from ..preview import describe_plan
 
@@ -395,7 +441,8 @@ class WebEditor:
                 raise EditCancelled
             self.pipe.scheduler = self._make_scheduler(params.scheduler, self.base_scheduler)
             kept = params.num_inference_steps - num_skipped_steps(params.num_inference_steps, params.skip_fraction)
-            plan = self.pipe.edit_preview(image, mask_image, params) if hasattr(self.pipe, "edit_preview") else None
+            plan = (self.pipe.edit_preview(image, mask_image, params, region_masks=region_masks or [])
+                    if hasattr(self.pipe, "edit_preview") else None)
             crops = len(plan.crops) if plan is not None else 1
             total = max(1, kept * getattr(self.pipe.scheduler, "order", 1) * crops)
             steps = [0]  # the loop runs once per crop: one bar over all of them
@@ -410,7 +457,7 @@ class WebEditor:
             progress((0, total), desc="encoding")
             try:
                 results = run_edit(self.pipe, image, mask_image, params, scorer=self.scorer,
-                                   callback_on_step_end=on_step)
+                                   callback_on_step_end=on_step, region_masks=region_masks or [])
             finally:
                 self.pipe.scheduler = self.base_scheduler  # the shared pipeline is left as it was found
         progress(1.0, desc="saving")
@@ -429,16 +476,20 @@ class WebEditor:
             outcome.table.append([rank, result.seed, _fmt(result.score, 4), _fmt(m.get("background_psnr"), 2),
                                   _fmt(m.get("background_ssim"), 4), _fmt(m.get("edge_delta_e"), 3), path.name])
             outcome.results.append(json_safe({"file": path.name, "rank": rank, "seed": result.seed,
-                                              "score": result.score, "metrics": result.metrics}))
+                                              "score": result.score, "metrics": result.metrics,
+                                              **({"region_scores": result.region_scores}
+                                                 if result.region_scores is not None else {})}))
         seconds = time.perf_counter() - start
-        ranked = ("best first by text match inside the mask" if self.scorer is not None and params.rank
+        inside = "each region's own prompt inside it, the worst region's" if params.regions else "inside the mask"
+        ranked = (f"best first by text match {inside}" if self.scorer is not None and params.rank
                   else "in generation order (not ranked: no CLIP model)" if params.rank
                   else "in generation order (ranking off)")
         outcome.message = (f"**Done:** {len(results)} result{'s' * (len(results) != 1)} in {seconds:.1f} s, {ranked}. "
                            f"Seed {params.seed}: result k used seed + k. Each PNG carries its parameters.")
         if plan is not None:
             outcome.message += f" It {describe_plan(plan, params, image.size)}."
-        unknown, known = unknown_words(getattr(self.pipe, "tokenizer", None), params.prompt)
+        prompts = " ".join([params.prompt, *(region.prompt for region in params.regions)])
+        unknown, known = unknown_words(getattr(self.pipe, "tokenizer", None), prompts)
         if unknown:
             outcome.message += (f"\n\n**Note:** the model does not know {', '.join(repr(w) for w in unknown)}, so "
                                 f"it drew something else. It knows: {' '.join(known)}.")
@@ -481,6 +532,19 @@ def param_control(field: dataclasses.Field, default: Any = None, origin: str = "
                      elem_id=elem_id)
 
 
+def paint_editor(label: str, elem_id: str):
+    """An image editor to paint a mask on: full-strength brushes (magenta, white, cyan) and a soft one."""
+    import gradio as gr
+
+    return gr.ImageEditor(
+        label=label, type="numpy", image_mode="RGBA", sources=(), format="png", transforms=(), layers=False,
+        interactive=True, elem_id=elem_id,
+        brush=gr.Brush(colors=[("#ff00ff", BRUSH_OPACITY), ("#ffffff", BRUSH_OPACITY), ("#00c0ff", BRUSH_OPACITY),
+                               ("#ff00ff", BRUSH_OPACITY / 2)],
+                       default_color=("#ff00ff", BRUSH_OPACITY), color_mode="fixed"),
+        eraser=gr.Eraser(), buttons=["fullscreen"])
+
+
 def _shown_value(value: Any, kind: type | None = None) -> str:
     """A value as a person reads it: whole numbers in full (a seed's 4294967295, not 4.29497e+09)."""
     if value is None:
@@ -494,7 +558,8 @@ def _shown_value(value: Any, kind: type | None = None) -> str:
 
 INTRO = """# bld — Blended Latent Diffusion
 1. Upload an image. 2. Paint over the region to change (brush and eraser, with a size control), or upload a
-mask (white = change). 3. Type what the region should show and press **Edit**. Results come best first;
+mask (white = change). 3. Type what the region should show and press **Edit**. Under **More regions** you can
+add up to three more regions, each painted with its own prompt, edited in the same pass. Results come best first;
 each PNG carries its parameters in its metadata. Large photos are edited around the mask at the model's
 own size (crop "auto") and come back at full size. To extend the image instead, open **Outpaint**, give the
 pixels to add on each side and press **Outpaint**: the prompt then says what the new area should show.
@@ -540,13 +605,20 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
                     image_file = gr.File(label=f"Image (PNG, JPEG, WebP, TIFF, ...; up to {max_upload_mb:g} MB)",
                                          type="filepath", elem_id="image-file")
                     mask_file = gr.File(label="Mask, optional (white = change)", type="filepath", elem_id="mask-file")
-                paint = gr.ImageEditor(
-                    label="Paint the region to change", type="numpy", image_mode="RGBA", sources=(), format="png",
-                    transforms=(), layers=False, interactive=True, elem_id="editor",
-                    brush=gr.Brush(colors=[("#ff00ff", BRUSH_OPACITY), ("#ffffff", BRUSH_OPACITY),
-                                           ("#00c0ff", BRUSH_OPACITY), ("#ff00ff", BRUSH_OPACITY / 2)],
-                                   default_color=("#ff00ff", BRUSH_OPACITY), color_mode="fixed"),
-                    eraser=gr.Eraser(), buttons=["fullscreen"])
+                paint = paint_editor("Paint the region to change", "editor")
+                with gr.Accordion("More regions, each with its own prompt", open=False, elem_id="regions"):
+                    gr.Markdown("Edit up to three more regions in the same pass, each with its own prompt; the "
+                                "prompt above is the first region's. Where regions overlap, the later one wins.")
+                    region_rows = []
+                    for number in range(2, EXTRA_REGIONS + 2):
+                        with gr.Group(visible=False, elem_id=f"region-{number}") as group:
+                            region_paint = paint_editor(f"Region {number}: paint it", f"region-{number}-editor")
+                            region_prompt = gr.Textbox(label=f"Region {number}: prompt", lines=1,
+                                                       placeholder="what this region should show",
+                                                       elem_id=f"region-{number}-prompt")
+                        region_rows.append((group, region_paint, region_prompt))
+                    add_region = gr.Button("Add a region", elem_id="add-region", size="sm")
+                    regions_shown = gr.State(0)
                 with gr.Row():
                     show_plan = gr.Button("Preview the edited area", elem_id="show-preview", size="sm")
                     reuse = gr.Button("Use the selected result as the input", elem_id="reuse", size="sm")
@@ -561,7 +633,7 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
                     controls[name] = param_control(fields[name], model_defaults.get(name), origin(name))
                 with gr.Accordion("More parameters", open=False):
                     for name, field in fields.items():
-                        if name not in PRIMARY_FIELDS and name not in TEXT_FIELDS:
+                        if name not in PRIMARY_FIELDS and name not in TEXT_FIELDS and name not in NOT_CONTROLS:
                             controls[name] = param_control(field, model_defaults.get(name), origin(name))
                 with gr.Accordion("Outpaint: extend the image", open=False):
                     with gr.Row():
@@ -610,10 +682,23 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
                 return gr.skip(), gr.skip(), gr.skip(), outcome.message
             return outcome.gallery, outcome.table, outcome.files, outcome.message
 
+        def region_values(data: dict) -> list[tuple[Any, str]]:
+            return [(data[row_paint], data[row_prompt]) for _, row_paint, row_prompt in region_rows]
+
         def on_edit(data: dict, request: gr.Request, progress=gr.Progress()):
             values = {name: data[c] for name, c in controls.items()}
             return shown(editor.edit(data[source], data[paint], data[prompt], data[negative], values,
-                                     progress=progress, session=request.session_hash or ""))
+                                     progress=progress, session=request.session_hash or "",
+                                     regions=region_values(data)))
+
+        def on_add_region(count: int):
+            count = min(count + 1, EXTRA_REGIONS)
+            return (count, *(gr.update(visible=k < count) for k in range(EXTRA_REGIONS)),
+                    gr.update(interactive=count < EXTRA_REGIONS))
+
+        def on_new_input(image):
+            """Each region's editor shows the new input, unpainted."""
+            return tuple(None if image is None else editor_value(image) for _ in region_rows)
 
         def on_outpaint(data: dict, request: gr.Request, progress=gr.Progress()):
             values = {name: data[c] for name, c in controls.items()}
@@ -623,7 +708,7 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
 
         def on_preview(data: dict):
             values = {name: data[c] for name, c in controls.items()}
-            picture, message = editor.preview(data[source], data[paint], values)
+            picture, message = editor.preview(data[source], data[paint], values, region_values(data))
             return (picture if picture is not None else gr.skip()), message
 
         def on_select(event: gr.SelectData):
@@ -644,10 +729,15 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
             running = editor.cancel(request.session_hash or "")
             return CANCELLED_MESSAGE if running else "Nothing was running."
 
-        image_file.upload(on_image, image_file, [source, paint, status], api_name="load_image")
-        image_file.clear(on_image, image_file, [source, paint, status], api_visibility="private")
+        region_paints = [row_paint for _, row_paint, _ in region_rows]
+        region_inputs = {c for _, row_paint, row_prompt in region_rows for c in (row_paint, row_prompt)}
+        for event in (image_file.upload(on_image, image_file, [source, paint, status], api_name="load_image"),
+                      image_file.clear(on_image, image_file, [source, paint, status], api_visibility="private")):
+            event.then(on_new_input, source, region_paints, api_visibility="private")
         mask_file.upload(on_mask, [source, mask_file], [paint, status], api_name="load_mask")
-        inputs = {source, paint, prompt, negative, *controls.values()}
+        add_region.click(on_add_region, regions_shown, [regions_shown, *(g for g, _, _ in region_rows), add_region],
+                         api_visibility="private")
+        inputs = {source, paint, prompt, negative, *controls.values(), *region_inputs}
         results = [gallery, table, downloads, status]  # the progress bar is drawn once, on the gallery
         edit_event = run.click(on_edit, inputs, results, api_name="edit", concurrency_limit=1,
                                concurrency_id="model", show_progress_on=[gallery])
@@ -656,10 +746,12 @@ def build_app(pipe, scorer=None, *, model: str = "", results_dir: str | os.PathL
         outpaint_event = extend.click(on_outpaint, {source, prompt, negative, *controls.values(), *sides.values()},
                                       results, api_name="outpaint", concurrency_limit=1, concurrency_id="model",
                                       show_progress_on=[gallery])
-        show_plan.click(on_preview, {source, paint, *controls.values()}, [preview, status], api_visibility="private")
+        show_plan.click(on_preview, {source, paint, *controls.values(), *region_inputs}, [preview, status],
+                        api_visibility="private")
         selected = gr.State(None)
         gallery.select(on_select, None, selected, api_visibility="private")
-        reuse.click(on_reuse, [selected, downloads], [source, paint, status], api_visibility="private")
+        reuse.click(on_reuse, [selected, downloads], [source, paint, status], api_visibility="private").then(
+            on_new_input, source, region_paints, api_visibility="private")
         stop.click(on_stop, None, status, cancels=[edit_event, submit_event, outpaint_event], queue=False,
                    api_visibility="private")
 

@@ -24,8 +24,9 @@ from ..ops.blending import binarize_mask, blend, latent_mask, num_skipped_steps,
 from ..ops.cropping import Crop, bounding_box, buckets, plan_crops
 from ..ops.masks import needs_shaping, shape_mask, soft_latent_masks
 from ..ops.reconstruction import pixel_blend, reconstruct_background
+from ..ops.regions import RegionLayout, cell_owners, combine_region_noise, region_view, shape_regions
 from ..params import EditParams
-from ..ranking import rank
+from ..ranking import combine_region_scores, rank
 
 LMS_ORDER = 4  # LMSDiscreteScheduler.step's default order
 
@@ -45,6 +46,7 @@ class BlendedLatentDiffusionPipelineOutput(BaseOutput):
     scores: list[float] | None = None  # CLIP text match inside the mask, best first, when ranked
     order: list[int] | None = None  # order[k]: index in the generated batch of images[k]
     crops: list[dict] | None = None  # each edited box {"box": [left, top, right, bottom], "size": [w, h]}
+    region_scores: list[list[float]] | None = None  # with regions, when ranked: each result's score per region
 
 
 @dataclass
@@ -95,6 +97,7 @@ class Finishing:
     scorer: Any = None  # a bld.ranking.ClipScorer, or None for no ranking
     reconstruction_background_weight: float = 100.0
     paste_outside: bool = True  # after latent / decoder: the input's own pixels outside the mask
+    regions: list[tuple[str, np.ndarray]] | None = None  # several regions: each one's prompt and pixels, to score
 
     @classmethod
     def from_params(cls, params: EditParams, scorer=None) -> Finishing:
@@ -183,6 +186,13 @@ def _rows(tensor: torch.Tensor, batch: int, guided: bool) -> torch.Tensor:
     return tensor
 
 
+def region_major(rows: list[tuple[torch.Tensor | None, torch.Tensor]], guided: bool) -> torch.Tensor:
+    """One conditioning tensor from each region's (negative, conditional) rows, the main prompt's first: every
+    region's negative rows in turn, then every region's conditional rows (guided), or these alone."""
+    conditional = [cond for _, cond in rows]
+    return torch.cat([negative for negative, _ in rows] + conditional) if guided else torch.cat(conditional)
+
+
 def _step_kwargs(scheduler, index: int) -> dict:
     """LMS takes its multistep order from its absolute step index, so entered part-way through its schedule
     it would weigh history it does not have: give it the order (at most its default 4) that `index` steps
@@ -235,6 +245,12 @@ class BlendedLatentMixin:
             prompts = 1
         return params, guidance, prompts * params.num_images
 
+    @staticmethod
+    def region_prompts(negative_prompt, params: EditParams) -> list[tuple[str, Any]]:
+        """Each extra region's prompt and negative prompt (its own, or the edit's)."""
+        return [(region.prompt, negative_prompt if region.negative_prompt is None else region.negative_prompt)
+                for region in params.regions]
+
     def check_edit_inputs(self, prompt, image, mask_image, params: EditParams, generator, batch_size,
                           output_type: str, scorer, prompt_embeds=None, negative_prompt_embeds=None,
                           callback_on_step_end_tensor_inputs=("latents",)) -> None:
@@ -266,6 +282,8 @@ class BlendedLatentMixin:
         if scorer is not None and (prompt is None or isinstance(prompt, list) and len(prompt) > 1):
             raise ValueError("ranking scores the results against one prompt's text: pass a single prompt "
                              "(not only prompt_embeds) or no scorer")
+        if params.regions and batch_size != params.num_images:
+            raise ValueError("an edit with regions takes one main prompt (the first region's), not a list")
         allowed = [*self._callback_tensor_inputs, "mask"]
         unknown = [name for name in callback_on_step_end_tensor_inputs if name not in allowed]
         if unknown:
@@ -286,6 +304,35 @@ class BlendedLatentMixin:
             return mask_image, params, False
         gray = PIL.Image.fromarray(np.round(shaped.strength * 255).astype(np.uint8))
         return gray, dataclasses.replace(params, invert_mask=False), shaped.soft
+
+    def edit_masks(self, image, mask_image, params: EditParams, region_masks=()):
+        """(mask, params, soft, layout): the mask the edit blends, crops and pastes by, and with params.regions
+        the regions' layout (bld.ops.regions), the mask then being their union; without, shaped_mask's and None."""
+        if not params.regions and not len(region_masks):
+            return (*self.shaped_mask(image, mask_image, params), None)
+        layout = self.region_layout(image, mask_image, region_masks, params)
+        union = PIL.Image.fromarray(np.round(layout.alpha * 255).astype(np.uint8))
+        return union, params, layout.soft, layout
+
+    def region_layout(self, image, mask_image, region_masks, params: EditParams) -> RegionLayout:
+        """Every region's mask (the main one first) shaped as a single mask is (grow, blur, soft_mask;
+        bld.ops.masks) at the image's size, and laid out with their strengths (the main region's is 1)."""
+        if len(region_masks) != len(params.regions):
+            raise ValueError(f"got {len(region_masks)} region masks for {len(params.regions)} regions: pass one "
+                             f"mask per region (region_masks), in the order of params.regions")
+        if params.invert_mask:
+            raise ValueError("invert_mask does not apply to several regions: paint each region to change")
+        h0, w0 = image_size(to_unit_range(image))
+        masks = [to_unit_range(mask) for mask in [mask_image, *region_masks]]
+        for number, mask in enumerate(masks, start=1):
+            if mask is None:
+                raise ValueError(f"region {number}'s mask is missing")
+            try:
+                check_mask_aspect(image_size(mask), (h0, w0))
+            except ValueError as exc:
+                raise ValueError(f"region {number}: {exc}") from None
+        return shape_regions(masks, (w0, h0), [1.0] + [region.strength for region in params.regions],
+                             soft_mask=params.soft_mask, grow=params.mask_grow, blur=params.mask_blur)
 
     def prepare_edit(self, image, mask_image, params: EditParams, soft: bool = False) -> EditPlan:
         """The pieces an edit works on. crop 'off': the whole image, at its own size snapped to the VAE factor
@@ -324,12 +371,12 @@ class BlendedLatentMixin:
                                                       crop.width, invert_mask=False, whole=False, soft=soft))
         return EditPlan(pieces, crops, region)
 
-    def edit_preview(self, image, mask_image, params: EditParams) -> EditPreview:
+    def edit_preview(self, image, mask_image, params: EditParams, region_masks=()) -> EditPreview:
         """The crops and the area the loop redraws (each piece's latent mask, back at the input's size),
         without encoding or denoising anything. The area is the mask made of whole latent cells (by
         params.latent_mask_mode): where it cuts through an object, the result is cut there too. With a soft
-        mask it is every cell that joins at some step."""
-        mask_image, params, soft = self.shaped_mask(image, mask_image, params)
+        mask it is every cell that joins at some step; with regions, their union."""
+        mask_image, params, soft, _ = self.edit_masks(image, mask_image, params, region_masks)
         plan = self.prepare_edit(image, mask_image, params, soft)
         height, width = plan.pieces[0].original_size if not plan.cropped else plan.region.shape
         area = np.zeros((height, width), bool)
@@ -480,6 +527,31 @@ class BlendedLatentMixin:
 
         return predict_noise
 
+    def regional_noise_predictor(self, predict_noise: NoisePredictor, layout: RegionLayout, crop: Crop,
+                                 latent_size: tuple[int, int], device, dtype) -> NoisePredictor:
+        """predict_noise over every region's conditioning rows in one UNet call (region-major rows, as the
+        family stacks them), each latent cell of the piece keeping its own region's prediction."""
+        left, top, right, bottom = crop.box
+        owners = cell_owners(layout.owner[top:bottom, left:right], layout.count, latent_size)
+        owners = owners.to(device=device, dtype=dtype)
+
+        def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return combine_region_noise(predict_noise(latents.repeat(layout.count, 1, 1, 1), t), owners)
+
+        return predict
+
+    def schedule_strength(self, prepared: PreparedInputs, crop: Crop,
+                          layout: RegionLayout | None) -> torch.Tensor | None:
+        """The strength (1, 1, H, W) at the piece's work size that says when each pixel joins the edit: a soft
+        mask's, or with regions of strength below 1 their schedule (bld.ops.regions); None: every step edits
+        the whole mask."""
+        if layout is None or not layout.timed:
+            return prepared.strength
+        left, top, right, bottom = crop.box
+        piece = torch.from_numpy(np.ascontiguousarray(layout.schedule[top:bottom, left:right]))[None, None]
+        return F.interpolate(piece, size=(prepared.height, prepared.width),
+                             mode="bilinear" if layout.soft else "nearest")
+
     def blended_timesteps(self, num_inference_steps: int, skip_fraction: float, device) -> torch.Tensor:
         """The schedule's timesteps after skipping the first `skip_fraction` of it."""
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -560,32 +632,38 @@ class BlendedLatentMixin:
     def run_blended_edit(self, image, mask_image, params: EditParams, *, conditioning_for, unet_call,
                          guidance_scale: float, guidance_rescale: float, generator, batch_size: int, dtype,
                          output_type: str, prompt, scorer, callback_on_step_end=None, tensor_inputs=("latents",),
-                         eta: float = 0.0) -> BlendedLatentDiffusionPipelineOutput:
+                         eta: float = 0.0, region_masks=()) -> BlendedLatentDiffusionPipelineOutput:
         """Steps 3 to 7 of an edit, once per piece (crop) of the image, then the stitched, ranked results.
 
         conditioning_for(prepared) -> the UNet's conditioning tensors for one piece (negative rows first when
         guided); unet_call(model_input, t, conditioning) -> the model output. Each piece draws its noise
-        from the same generators in turn, so a result does not depend on the batch it was made in."""
+        from the same generators in turn, so a result does not depend on the batch it was made in.
+        With params.regions (their masks in `region_masks`) the conditioning holds every region's rows,
+        region-major within the negative and the conditional halves: the main prompt's, then each region's."""
         device = self._execution_device
-        mask_image, params, soft = self.shaped_mask(image, mask_image, params)
+        mask_image, params, soft, layout = self.edit_masks(image, mask_image, params, region_masks)
         plan = self.prepare_edit(image, mask_image, params, soft)  # 3. source image and mask: the whole or crops
         if output_type == "latent" and len(plan.pieces) > 1:
             raise ValueError(f"output_type='latent' returns one piece's latents, but this edit has "
                              f"{len(plan.pieces)} crops: pass crop='off' or another output type")
         finished = []
-        for prepared in plan.pieces:
+        for prepared, crop in zip(plan.pieces, plan.crops):
             # 4. Source latent z0 = E(x) and the latent mask at the latent resolution
             z0, mask = self.source_latent_and_mask(prepared, batch_size, params.latent_mask_mode, device, dtype)
             # 5. The schedule after skipping its first skip_fraction
             timesteps = self.blended_timesteps(params.num_inference_steps, params.skip_fraction, device)
             step_masks = None
-            if prepared.strength is not None:  # a soft mask: each step edits the pixels strong enough for it
+            strength = self.schedule_strength(prepared, crop, layout)
+            if strength is not None:  # a soft mask or a weaker region: each step edits the pixels strong enough for it
                 step_masks = [m.to(device=device, dtype=dtype).expand(batch_size, -1, -1, -1) for m in
-                              soft_latent_masks(prepared.strength, tuple(z0.shape[-2:]), params.latent_mask_mode,
+                              soft_latent_masks(strength, tuple(z0.shape[-2:]), params.latent_mask_mode,
                                                 len(timesteps))]
             # 6. Denoise, blending with the noised source after every step
             conditioning = conditioning_for(prepared)
             predict_noise = self.guided_noise_predictor(conditioning, unet_call, guidance_scale, guidance_rescale)
+            if layout is not None:  # several regions: each latent cell follows its own region's prompt
+                predict_noise = self.regional_noise_predictor(predict_noise, layout, crop, tuple(z0.shape[-2:]),
+                                                              device, dtype)
             latents = self.blended_denoise(z0, mask, timesteps, predict_noise, generator,
                                            fresh_noise=params.background_noise == "fresh",
                                            mask_dilation_iterations=params.mask_dilation_iterations,
@@ -597,6 +675,9 @@ class BlendedLatentMixin:
                 break
         # 7. Decode, reconstruct the background, restore the input's size (stitch the crops), rank
         finishing = Finishing.from_params(params, scorer)
+        if layout is not None:  # each region is scored against its own prompt
+            prompts = [prompt if isinstance(prompt, str) else "", *(region.prompt for region in params.regions)]
+            finishing.regions = [(text, layout.region(index)) for index, text in enumerate(prompts)]
         if not plan.cropped:
             output = self.finish(finished[0], plan.pieces[0], output_type, prompt, finishing, dtype)
         else:
@@ -666,8 +747,9 @@ class BlendedLatentMixin:
                 results[:, :, top:bottom, left:right] = piece.to(results.device, results.dtype)
             if flags is not None:
                 has_nsfw = [a or b for a, b in zip(has_nsfw or [False] * len(flags), flags)]
-        view = bounding_box([crop.box for crop in plan.crops])  # CLIP sees the edit at the scale it was drawn
-        return self.ranked(results, has_nsfw, prompt, plan.region, finishing, output_type, view)
+        boxes = [crop.box for crop in plan.crops]
+        view = bounding_box(boxes)  # CLIP sees the edit at the scale it was drawn
+        return self.ranked(results, has_nsfw, prompt, plan.region, finishing, output_type, view, boxes)
 
     def full_size_copies(self, image, output_type: str, count: int):
         """`count` copies of the input at its own size in the output type (PIL RGB, (B, H, W, 3) float array in
@@ -695,19 +777,30 @@ class BlendedLatentMixin:
         return torch.from_numpy(np.ascontiguousarray(np.moveaxis(base, -1, 0)))[None].repeat(count, 1, 1, 1)
 
     def ranked(self, images, has_nsfw, prompt, region: np.ndarray, finishing: Finishing,
-               output_type: str, view=None) -> BlendedLatentDiffusionPipelineOutput:
+               output_type: str, view=None, boxes=None) -> BlendedLatentDiffusionPipelineOutput:
         """The output, sorted best first by the scorer's text match inside `region` when there is a scorer
-        (seen through the square around `view`, the crops' box, when the crops are not the whole image)."""
+        (seen through the square around `view`, the crops' box, when the crops are not the whole image).
+        With regions, each region's prompt is matched inside its own pixels (seen through the crops, of
+        `boxes`, that hold it) and a result's score is the worst of them (bld.ranking.combine_region_scores)."""
         if finishing.scorer is None:
             return BlendedLatentDiffusionPipelineOutput(images=images, nsfw_content_detected=has_nsfw)
         prompt = prompt if isinstance(prompt, str) else prompt[0]
         scorable = images if output_type != "pt" else list(images.permute(0, 2, 3, 1).float().cpu().numpy())
-        scores = finishing.scorer.score(list(scorable), prompt, region, view)
+        region_scores = None
+        if finishing.regions:
+            per_region = [finishing.scorer.score(list(scorable), text, pixels,
+                                                 bounding_box(region_view(pixels, boxes)) if boxes else None)
+                          for text, pixels in finishing.regions]
+            region_scores = [list(result) for result in zip(*per_region)]
+            scores = [combine_region_scores(result) for result in region_scores]
+        else:
+            scores = finishing.scorer.score(list(scorable), prompt, region, view)
         order = rank(scores)
         images = [images[k] for k in order] if isinstance(images, list) else images[order]
         return BlendedLatentDiffusionPipelineOutput(
             images=images, nsfw_content_detected=None if has_nsfw is None else [has_nsfw[k] for k in order],
-            scores=[scores[k] for k in order], order=order)
+            scores=[scores[k] for k in order], order=order,
+            region_scores=None if region_scores is None else [region_scores[k] for k in order])
 
     def _progress_off(self) -> bool:
         return bool(getattr(self, "_progress_bar_config", {}).get("disable", False))

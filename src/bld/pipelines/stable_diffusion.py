@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import PIL.Image
 import torch
 from diffusers import StableDiffusionPipeline
 
-from ..params import DEFAULTS
-from .blended import BlendedLatentMixin, callback_tensor_inputs
+from ..params import DEFAULTS, Region
+from .blended import BlendedLatentMixin, callback_tensor_inputs, region_major
 
 ImageInput = PIL.Image.Image | Any  # PIL image, (H, W, C) array in [0, 1] or uint8, (1, C, H, W) tensor in [0, 1]
 
@@ -66,6 +67,8 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         cross_attention_kwargs: dict[str, Any] | None = None,
+        regions: Sequence[Region | dict | str] = (),
+        region_masks: Sequence[ImageInput] = (),
     ):
         """Edit the masked region of `image` to follow `prompt`; keep the rest.
 
@@ -95,8 +98,12 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         (e.g. {"scale": 0.7} for a LoRA), eta (DDIM), guidance_rescale, clip_skip, and callback_on_step_end
         (a function or a diffusers PipelineCallback such as SDCFGCutoffCallback) with
         callback_on_step_end_tensor_inputs among "latents", "prompt_embeds" and "mask".
+        regions: more regions edited in the same pass (bld.Region: a prompt, optionally its own negative prompt
+        and a strength), their masks in `region_masks`, one each; `prompt` and `mask_image` are the first
+        region. Each latent cell follows its own region's prompt, where regions overlap the later one wins,
+        and outside every region the result is the input (README, "Several regions").
         Returns BlendedLatentDiffusionPipelineOutput with `images` (PIL by default), and `scores` and
-        `order` when ranked.
+        `order` when ranked (with regions also `region_scores`, each result's score per region).
         """
         tensor_inputs = callback_tensor_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
         params, guidance_scale, batch_size = self.resolve_settings(
@@ -107,7 +114,7 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
             reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop,
             reconstruction_background_weight=reconstruction_background_weight, guidance_cutoff=guidance_cutoff,
             paste_outside=paste_outside, crop=crop, crop_padding=crop_padding,
-            soft_mask=soft_mask, mask_grow=mask_grow, mask_blur=mask_blur)
+            soft_mask=soft_mask, mask_grow=mask_grow, mask_blur=mask_blur, regions=regions)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 
@@ -120,8 +127,11 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
         prompt_embeds, negative_embeds = self.encode_prompt(
             prompt, device, num_images_per_prompt, do_cfg, negative_prompt, prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds, lora_scale=lora_scale, clip_skip=clip_skip)
-        if do_cfg:
-            prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
+        rows = [(negative_embeds, prompt_embeds)] + [  # several regions: each one's prompt, in one UNet call
+            self.encode_prompt(text, device, num_images_per_prompt, do_cfg, negative, lora_scale=lora_scale,
+                               clip_skip=clip_skip)[::-1] for text, negative in self.region_prompts(negative_prompt,
+                                                                                                    params)]
+        prompt_embeds = region_major(rows, do_cfg)
 
         # 3-7. For the whole image or each crop: source latent and mask, schedule, blended denoising, finishing
         def conditioning_for(prepared) -> dict:
@@ -135,6 +145,7 @@ class BlendedLatentDiffusionPipeline(BlendedLatentMixin, StableDiffusionPipeline
             image, mask_image, params, conditioning_for=conditioning_for, unet_call=unet_call,
             guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, generator=generator,
             batch_size=batch_size, dtype=prompt_embeds.dtype, output_type=output_type, prompt=prompt, scorer=scorer,
-            callback_on_step_end=callback_on_step_end, tensor_inputs=tensor_inputs, eta=eta)
+            callback_on_step_end=callback_on_step_end, tensor_inputs=tensor_inputs, eta=eta,
+            region_masks=region_masks)
         self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from ..params import DEFAULTS
-from .blended import BlendedLatentMixin, callback_tensor_inputs
+from ..params import DEFAULTS, Region
+from .blended import BlendedLatentMixin, callback_tensor_inputs, region_major
 from .stable_diffusion import ImageInput
 
 
@@ -68,10 +69,13 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
         cross_attention_kwargs: dict[str, Any] | None = None,
+        regions: Sequence[Region | dict | str] = (),
+        region_masks: Sequence[ImageInput] = (),
     ):
         """Edit the masked region of `image` to follow `prompt`; see BlendedLatentDiffusionPipeline.__call__.
         callback_on_step_end_tensor_inputs may name "latents", "prompt_embeds", "add_text_embeds",
-        "add_time_ids" and "mask" (diffusers' SDXLCFGCutoffCallback works)."""
+        "add_time_ids" and "mask" (diffusers' SDXLCFGCutoffCallback works). regions / region_masks: as there,
+        each region's prompt through both text encoders."""
         tensor_inputs = callback_tensor_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
         params, guidance_scale, batch_size = self.resolve_settings(
             prompt, prompt_embeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
@@ -81,7 +85,7 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
             reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop,
             reconstruction_background_weight=reconstruction_background_weight, guidance_cutoff=guidance_cutoff,
             paste_outside=paste_outside, crop=crop, crop_padding=crop_padding,
-            soft_mask=soft_mask, mask_grow=mask_grow, mask_blur=mask_blur)
+            soft_mask=soft_mask, mask_grow=mask_grow, mask_blur=mask_blur, regions=regions)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 
@@ -98,9 +102,12 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
             lora_scale=(cross_attention_kwargs or {}).get("scale"), clip_skip=clip_skip)
 
-        if do_cfg:
-            prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
-            pooled = torch.cat([negative_pooled, pooled])
+        rows = [(prompt_embeds, negative_embeds, pooled, negative_pooled)] + [  # several regions: each one's prompt
+            self.encode_prompt(text, None, device, num_images_per_prompt, do_cfg, negative,
+                               lora_scale=(cross_attention_kwargs or {}).get("scale"), clip_skip=clip_skip)
+            for text, negative in self.region_prompts(negative_prompt, params)]
+        prompt_embeds = region_major([(negative, embeds) for embeds, negative, _, _ in rows], do_cfg)
+        pooled = region_major([(negative, embeds) for _, _, embeds, negative in rows], do_cfg)
         projection_dim = (int(pooled.shape[-1]) if self.text_encoder_2 is None
                           else self.text_encoder_2.config.projection_dim)
 
@@ -110,7 +117,7 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
             size the model works at."""
             time_ids = self._get_add_time_ids(prepared.original_size, (0, 0), (prepared.height, prepared.width),
                                               dtype=prompt_embeds.dtype, text_encoder_projection_dim=projection_dim)
-            time_ids = time_ids.to(device).repeat(batch_size * (2 if do_cfg else 1), 1)
+            time_ids = time_ids.to(device).repeat(batch_size * (2 if do_cfg else 1) * len(rows), 1)
             return {"prompt_embeds": prompt_embeds, "add_text_embeds": pooled.to(device), "add_time_ids": time_ids}
 
         def unet_call(model_input: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
@@ -122,6 +129,7 @@ class BlendedLatentDiffusionXLPipeline(BlendedLatentMixin, StableDiffusionXLPipe
             image, mask_image, params, conditioning_for=conditioning_for, unet_call=unet_call,
             guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, generator=generator,
             batch_size=batch_size, dtype=prompt_embeds.dtype, output_type=output_type, prompt=prompt, scorer=scorer,
-            callback_on_step_end=callback_on_step_end, tensor_inputs=tensor_inputs, eta=eta)
+            callback_on_step_end=callback_on_step_end, tensor_inputs=tensor_inputs, eta=eta,
+            region_masks=region_masks)
         self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()
