@@ -22,6 +22,12 @@ FAST = dict(num_inference_steps=4, guidance_scale=3.0)
 LEFT, RIGHT, CORNER = (4, 4, 28, 28), (36, 4, 60, 28), (44, 20, 60, 44)  # boxes (left, top, right, bottom) in px
 
 
+@pytest.fixture
+def pipe(any_family):
+    """Here `pipe` is every family's: SD, SDXL and the paper's LDM."""
+    return any_family
+
+
 def edit(pipe, image, masks, prompts, **kwargs):
     kwargs = {"generator": gen(0), **FAST, **kwargs}
     return pipe(prompts[0], image, masks[0], regions=list(prompts[1:]), region_masks=list(masks[1:]), **kwargs)

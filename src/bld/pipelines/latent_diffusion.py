@@ -9,13 +9,14 @@ scheduler) this pipeline takes as they are.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 
 import torch
 from diffusers import AutoencoderKL, LDMTextToImagePipeline
 from diffusers.image_processor import VaeImageProcessor
 
-from ..params import DEFAULTS
-from .blended import BlendedLatentMixin, callback_tensor_inputs
+from ..params import DEFAULTS, Region
+from .blended import BlendedLatentMixin, callback_tensor_inputs, region_major
 from .stable_diffusion import ImageInput
 
 
@@ -90,6 +91,8 @@ class BlendedLatentDiffusionLDMPipeline(BlendedLatentMixin, LDMTextToImagePipeli
         guidance_cutoff: float = DEFAULTS.guidance_cutoff,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        regions: Sequence[Region | dict | str] = (),
+        region_masks: Sequence[ImageInput] = (),
     ):
         """Edit the masked region of `image` to follow `prompt`; keep the rest. The arguments are
         BlendedLatentDiffusionPipeline's (see its docstring); prompt_embeds are LDMBert's last hidden states."""
@@ -102,25 +105,20 @@ class BlendedLatentDiffusionLDMPipeline(BlendedLatentMixin, LDMTextToImagePipeli
             reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop,
             reconstruction_background_weight=reconstruction_background_weight, guidance_cutoff=guidance_cutoff,
             paste_outside=paste_outside, crop=crop, crop_padding=crop_padding,
-            soft_mask=soft_mask, mask_grow=mask_grow, mask_blur=mask_blur)
+            soft_mask=soft_mask, mask_grow=mask_grow, mask_blur=mask_blur, regions=regions)
         device = self._execution_device
 
         # 1. Validate the inputs
         self.check_edit_inputs(prompt, image, mask_image, params, generator, batch_size, output_type, scorer,
                                prompt_embeds, negative_prompt_embeds, tensor_inputs)
 
-        # 2. Encode the prompt and, for classifier-free guidance, the negative prompt; negative rows first
-        prompt_embeds = self.prompt_rows(prompt, prompt_embeds, num_images_per_prompt, device)
-        if guidance_scale > 1.0:
-            if negative_prompt_embeds is None:
-                prompts = 1 if isinstance(prompt, str) or prompt is None else len(prompt)
-                negative = negative_prompt or ""
-                negative = [negative] * prompts if isinstance(negative, str) else negative
-                if len(negative) != prompts:
-                    raise ValueError(f"got {len(negative)} negative prompts for {prompts} prompts")
-                negative_prompt_embeds = self.encode_texts(negative, device)
-            negative_rows = self.prompt_rows(None, negative_prompt_embeds, num_images_per_prompt, device)
-            prompt_embeds = torch.cat([negative_rows, prompt_embeds])
+        # 2. Encode the prompt and, for classifier-free guidance, the negative prompt (each region's too)
+        do_cfg = guidance_scale > 1.0
+        rows = [self.prompt_rows(prompt, negative_prompt, num_images_per_prompt, do_cfg, device, prompt_embeds,
+                                 negative_prompt_embeds)]
+        rows += [self.prompt_rows(text, negative, num_images_per_prompt, do_cfg, device)
+                 for text, negative in self.region_prompts(negative_prompt, params)]
+        prompt_embeds = region_major(rows, do_cfg)
 
         # 3-7. For the whole image or each crop: source latent and mask, schedule, blended denoising, finishing
         def conditioning_for(prepared) -> dict:
@@ -133,14 +131,27 @@ class BlendedLatentDiffusionLDMPipeline(BlendedLatentMixin, LDMTextToImagePipeli
             image, mask_image, params, conditioning_for=conditioning_for, unet_call=unet_call,
             guidance_scale=guidance_scale, guidance_rescale=0.0, generator=generator, batch_size=batch_size,
             dtype=prompt_embeds.dtype, output_type=output_type, prompt=prompt, scorer=scorer,
-            callback_on_step_end=callback_on_step_end, tensor_inputs=tensor_inputs, eta=eta)
+            callback_on_step_end=callback_on_step_end, tensor_inputs=tensor_inputs, eta=eta,
+            region_masks=region_masks)
         self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()
 
-    def prompt_rows(self, prompt, embeds: torch.Tensor | None, per_prompt: int, device) -> torch.Tensor:
-        """(prompts x per_prompt, tokens, width): each prompt's embedding repeated for its results."""
+    def prompt_rows(self, prompt, negative_prompt, per_prompt: int, do_cfg: bool, device, embeds=None,
+                    negative_embeds=None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(negative rows or None, conditional rows), each prompt's LDMBert embedding repeated for its results;
+        the negative prompt defaults to ""."""
         if embeds is None:
             embeds = self.encode_texts([prompt] if isinstance(prompt, str) else list(prompt), device)
-        embeds = embeds.to(device=device, dtype=self.unet.dtype)
-        return embeds.repeat_interleave(per_prompt, dim=0)
+        negative_rows = None
+        if do_cfg:
+            if negative_embeds is None:
+                negative = negative_prompt or ""
+                negative = [negative] * len(embeds) if isinstance(negative, str) else list(negative)
+                if len(negative) != len(embeds):
+                    raise ValueError(f"got {len(negative)} negative prompts for {len(embeds)} prompts")
+                negative_embeds = self.encode_texts(negative, device)
+            negative_rows = self.repeated(negative_embeds, per_prompt, device)
+        return negative_rows, self.repeated(embeds, per_prompt, device)
 
+    def repeated(self, embeds: torch.Tensor, per_prompt: int, device) -> torch.Tensor:
+        return embeds.to(device=device, dtype=self.unet.dtype).repeat_interleave(per_prompt, dim=0)
