@@ -108,6 +108,23 @@ def test_a_row_without_id_or_seed_gets_the_same_ones_in_every_run(tmp_path):
     assert first[0].fingerprint("m") != first[0].fingerprint("n")
 
 
+def test_rows_with_regions_keep_their_masks_apart_from_their_params(tmp_path):
+    good = write_inputs(tmp_path, 2)[0]
+    region = {"mask": "mask-1.png", "prompt": "a blue disc", "strength": 0.5}
+    ok, missing, bad, wrong_field = resolved(tmp_path, [
+        {**good, "regions": [region]},
+        {**good, "id": "b", "regions": [{**region, "mask": "nope.png"}]},
+        {**good, "id": "c", "regions": ["a blue disc"]},
+        {**good, "id": "d", "regions": [{**region, "colour": "red"}]},
+    ])
+    assert ok.ok and ok.region_masks == ((tmp_path / "mask-1.png").resolve(),)
+    assert [(r.prompt, r.strength) for r in ok.params.regions] == [("a blue disc", 0.5)]
+    assert ok.fingerprint("m") != resolved(tmp_path, [good])[0].fingerprint("m")
+    assert "mask of region 2" in missing.error and "nope.png" in missing.error
+    assert "regions must be a list of objects" in bad.error
+    assert "unknown region field(s) colour" in wrong_field.error
+
+
 # ---- the output folder --------------------------------------------------------------------------------
 
 def test_ledger_survives_a_line_cut_short_and_removes_temporary_files(tmp_path):
@@ -182,6 +199,11 @@ def test_a_row_edited_by_a_worker_equals_the_same_edit_run_alone(tmp_path):
         assert np.array_equal(np.asarray(PIL.Image.open(path)), np.asarray(single.image))
         assert params_from_metadata(read_png_metadata(path)).seed == single.seed
         assert json.loads(read_png_metadata(path)[BATCH_KEY])["fingerprint"] == "fp"
+    region_mask = tmp_path / "region.png"
+    make_mask(box=(44, 44, 60, 60)).save(region_mask)
+    with_region = dict(rows[0].params.to_dict(), regions=[{"prompt": "a blue disc"}], num_images=1)
+    regions = editor.edit(RowTask("y", 1, str(rows[0].image), str(rows[0].mask), with_region, "f", (str(region_mask),)))
+    assert regions["status"] == "ok" and len(regions["outputs"][0]["region_scores"]) == 2
     (tmp_path / "broken.png").write_text("not an image")
     bad = editor.edit(RowTask("x", 1, str(rows[0].image), str(tmp_path / "broken.png"), FAST | {"seed": 1}, "f"))
     assert bad["status"] == "error" and "broken.png" in bad["error"] and "not an image" in bad["error"]

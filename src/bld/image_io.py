@@ -33,6 +33,7 @@ __all__ = [
     "encode_png",
     "load_image",
     "load_mask",
+    "load_region_masks",
     "read_png_metadata",
     "save_png_atomic",
     "write_png_atomic",
@@ -290,6 +291,23 @@ def check_mask_region(mask: Image.Image, invert: bool, soft: bool = False) -> No
     if region.all():
         raise InputError(f"mask covers the whole image: nothing would be kept; paint only the region to change"
                          f"{inverted}")
+
+
+def load_region_masks(paths: list[PathLike], image: Image.Image, *, invert: bool = False, soft: bool = False,
+                      max_pixels: int = MAX_PIXELS) -> list[Image.Image]:
+    """The masks of an edit's further regions, each read and checked as the main mask is (a file, the image's
+    aspect ratio, something to edit), every error naming its file."""
+    if paths and invert:
+        raise InputError("--invert-mask does not apply to several regions: paint each region to change")
+    masks = []
+    for path in paths:
+        mask = check_same_aspect(image, load_mask(path, max_pixels=max_pixels), mask_name=str(path))
+        try:
+            check_mask_region(mask, False, soft)
+        except InputError as exc:
+            raise InputError(f"region mask {str(path)!r}: {exc}") from None
+        masks.append(mask)
+    return masks
 
 
 def check_edit_size(size: tuple[int, int], crop: str, width: int | None, height: int | None) -> None:

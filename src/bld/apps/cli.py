@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from ..image_io import MAX_PIXELS, InputError, check_edit_size, check_mask_region
+from ..image_io import MAX_PIXELS, InputError, check_edit_size, check_mask_region, load_region_masks
 from ..outpainting import DEFAULT_OVERLAP, FILLS
 from ..params import NOT_CONTROLS, EditParams, Region, field_flag, field_value_type
 
@@ -427,31 +427,14 @@ def run_edit_command(args: argparse.Namespace) -> dict:
                              mask_name=args.mask)
     check_edit_size(image.size, params.crop, params.width, params.height)
     check_mask_region(mask, params.invert_mask, params.soft_mask)
-    region_masks = load_region_masks(args.region or [], image, params, limit)
+    region_masks = load_region_masks([path for path, _ in args.region or []], image, invert=params.invert_mask,
+                                     soft=params.soft_mask, max_pixels=limit)
     if region_masks:
         params = dataclasses.replace(params, regions=tuple(Region(prompt) for _, prompt in args.region))
     check_model_source(args.model)
     if region_masks:
         check_region_layout(mask, region_masks, params, image.size)
     return edit_and_save(args, params, image, mask, paths, region_masks=region_masks)
-
-
-def load_region_masks(regions: list[list[str]], image, params: EditParams, limit: int) -> list:
-    """The --region masks, each read and checked as the main mask is (a file, the image's aspect ratio,
-    something to edit), every error naming its file."""
-    from ..image_io import check_same_aspect, load_mask
-
-    if regions and params.invert_mask:
-        raise InputError("--invert-mask does not apply to several regions: paint each region to change")
-    masks = []
-    for path, _ in regions:
-        mask = check_same_aspect(image, load_mask(path, max_pixels=limit), mask_name=path)
-        try:
-            check_mask_region(mask, False, params.soft_mask)
-        except InputError as exc:
-            raise InputError(f"region mask {path!r}: {exc}") from None
-        masks.append(mask)
-    return masks
 
 
 def check_region_layout(mask, region_masks: list, params: EditParams, size: tuple[int, int]) -> None:

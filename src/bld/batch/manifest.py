@@ -1,7 +1,8 @@
 """A batch manifest: one edit per row, read and checked before any model loads.
 
 A row is a JSON object (JSON Lines) or a CSV record with `image`, `mask`, `prompt`, an optional `id` and any
-EditParams field. Paths are relative to the manifest's folder. Every row becomes a `BatchRow`: an edit that
+EditParams field; in JSON Lines `regions` lists further regions, each {"mask", "prompt", and optionally
+"negative_prompt" and "strength"}. Paths are relative to the manifest's folder. Every row becomes a `BatchRow`: an edit that
 is ready to run (its parameters resolved and valid, its files present) or one that is not, with the reason
 in one line. A bad row never stops the others.
 """
@@ -39,6 +40,7 @@ class BatchRow:
     mask: Path | None = None
     params: EditParams | None = None
     error: str | None = None
+    region_masks: tuple[Path, ...] = ()  # the masks of params.regions, in order
 
     @property
     def ok(self) -> bool:
@@ -48,8 +50,9 @@ class BatchRow:
         """What makes two runs of a row the same work: its input paths, its full parameters and the model.
         The files' contents are not read (a changed file under the same name is the same row: remake it with
         --overwrite)."""
-        record = {"image": str(self.image), "mask": str(self.mask), "params": self.params.to_dict(),
-                  "model": model}
+        record = {"image": str(self.image), "mask": str(self.mask), "params": self.params.to_dict(), "model": model}
+        if self.region_masks:
+            record["region_masks"] = [str(m) for m in self.region_masks]
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -148,13 +151,17 @@ def resolve_rows(rows: Iterable[tuple[int, dict[str, Any] | str]], base_dir: str
         if error is None:
             image, mask = (base / str(row["image"])), (base / str(row["mask"]))
             error = _missing_file(image, "image") or _missing_file(mask, "mask")
+        region_masks: list[Path] = []
+        if error is None:
+            row, region_masks, error = _split_regions(row, base)
         if error is None:
             params, error = _row_params(row, row_id, defaults or {})
         if error is not None:
             resolved.append(BatchRow(line, row_id, error=error))
             continue
         seen[row_id] = line
-        resolved.append(BatchRow(line, row_id, image.resolve(), mask.resolve(), params))
+        resolved.append(BatchRow(line, row_id, image.resolve(), mask.resolve(), params,
+                                 region_masks=tuple(m.resolve() for m in region_masks)))
     return resolved
 
 
@@ -181,6 +188,23 @@ def _row_error(row: Mapping[str, Any], row_id: str, seen: Mapping[str, int]) -> 
     if row_id in seen:
         return f"id {row_id!r} is also the id of line {seen[row_id]}: give every row its own id"
     return None
+
+
+def _split_regions(row: Mapping[str, Any], base: Path) -> tuple[dict[str, Any], list[Path], str | None]:
+    """The row with its regions' masks taken out (the params keep the prompts), the masks' paths, or the error."""
+    regions = row.get("regions")
+    if not regions:
+        return dict(row), [], None
+    if not isinstance(regions, list) or not all(isinstance(r, dict) and r.get("mask") for r in regions):
+        return dict(row), [], ('regions must be a list of objects, each {"mask": FILE, "prompt": TEXT} (optionally '
+                               '"negative_prompt" and "strength"); CSV manifests cannot hold regions')
+    masks = [base / str(region["mask"]) for region in regions]
+    for number, path in enumerate(masks, start=2):
+        missing = _missing_file(path, f"mask of region {number}")
+        if missing:
+            return dict(row), [], missing
+    prompts = [{k: v for k, v in region.items() if k != "mask"} for region in regions]
+    return {**row, "regions": prompts}, masks, None
 
 
 def _missing_file(path: Path, what: str) -> str | None:

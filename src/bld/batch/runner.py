@@ -111,7 +111,8 @@ def plan_rows(rows: list[BatchRow], ledger: Ledger, model: str, overwrite: bool)
             ledger.append({**recovered, "line": row.line})
             done_before += 1
             continue
-        tasks.append(RowTask(row.id, row.line, str(row.image), str(row.mask), row.params.to_dict(), fingerprint))
+        tasks.append(RowTask(row.id, row.line, str(row.image), str(row.mask), row.params.to_dict(), fingerprint,
+                             tuple(str(m) for m in row.region_masks)))
     return tasks, done_before
 
 

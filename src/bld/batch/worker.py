@@ -43,6 +43,7 @@ class RowTask:
     mask: str
     params: dict[str, Any]
     fingerprint: str
+    region_masks: tuple[str, ...] = ()
 
 
 class RowEditor:
@@ -86,6 +87,7 @@ class RowEditor:
             encode_png,
             load_image,
             load_mask,
+            load_region_masks,
         )
         from ..pipelines.schedulers import make_scheduler
         from .ledger import output_names
@@ -97,14 +99,18 @@ class RowEditor:
                                  mask_name=task.mask)
         check_edit_size(image.size, params.crop, params.width, params.height)
         check_mask_region(mask, params.invert_mask, params.soft_mask)
+        region_masks = load_region_masks(list(task.region_masks), image, invert=params.invert_mask,
+                                         soft=params.soft_mask, max_pixels=limit)
         if params.guidance_scale is None:
             params = dataclasses.replace(params, guidance_scale=self.pipe.default_guidance_scale)
         self.pipe.scheduler = make_scheduler(params.scheduler, self.model_scheduler)
-        results = run_edit(self.pipe, image, mask, params, scorer=self.scorer if params.rank else None)
+        results = run_edit(self.pipe, image, mask, params, scorer=self.scorer if params.rank else None,
+                           region_masks=region_masks)
         outputs, pngs = [], []
         for result, name in zip(results, output_names(task.id, len(results))):
             output = json_safe({"path": name, "seed": result.seed, "score": result.score, "metrics": result.metrics,
-                                "crops": result.crops})
+                                "crops": result.crops,
+                                **({"region_scores": result.region_scores} if result.region_scores else {})})
             tag = {"id": task.id, "fingerprint": task.fingerprint, "worker": self.name, "output": output}
             metadata = {**result_metadata(params, result, self.config.model), BATCH_KEY: json.dumps(tag)}
             outputs.append(output)
