@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from bld.apps.cli import main
 from bld.world.evaluation import methods as M
-from bld.world.evaluation import scoring, suite
+from bld.world.evaluation import regions, scoring, soft_seams, suite
 from bld.world.judge import load_judge
 
 
@@ -154,6 +154,32 @@ def test_thin_suite_strokes_are_a_few_pixels_wide_and_placed_as_described():
     assert all(np.array_equal(x.mask, y.mask) and x.prompt == y.prompt for x, y in zip(tasks, again))
 
 
+def test_region_suite_is_seeded_with_two_disjoint_masks_and_two_targets():
+    tasks, again = regions.region_suite(6, seed=2), regions.region_suite(3, seed=2)
+    assert [t.kind for t in tasks] == ["add+add", "add+replace", "replace+replace"] * 2
+    for x, y in zip(tasks, again):  # a task does not depend on how many are drawn
+        assert x.prompt == y.prompt and np.array_equal(x.mask, y.mask)
+    for t in tasks:
+        first, second = t.region_tasks
+        assert first.mask.any() and second.mask.any() and not (first.mask & second.mask).any()
+        assert first.target != second.target and t.prompt == f"{first.prompt} and {second.prompt}"
+        assert np.array_equal(t.mask, first.mask | second.mask)
+        outside = ~t.mask  # the ideal edit changes nothing outside both masks
+        assert np.array_equal(np.asarray(t.ground_truth())[outside], np.asarray(t.image)[outside])
+
+
+def test_region_judging_needs_both_regions(judge):
+    task = regions.region_suite(2, seed=0)[1]  # add+replace
+    first, second = task.region_tasks
+    only_first = first.ground_truth()  # region 1 drawn, region 2 left as in the source
+    j = regions.judge_regions(judge, 0, task, [task.ground_truth(), only_first, task.image])
+    assert j.region_correct == [[True, True], [True, False], [False, False]]
+    assert j.correct == [True, False, False]
+    m = regions.summarize([j], None)
+    assert m["batch_precision"] == pytest.approx(1 / 3)
+    assert [r["batch_precision"] for r in m["regions"]] == [pytest.approx(2 / 3), pytest.approx(1 / 3)]
+
+
 def test_judge_accepts_ideal_edits_and_rejects_unedited_sources(judge):
     for task in suite.main_suite(3, seed=5) + suite.thin_suite(2, seed=5):
         ideal, source = scoring.judge_images(judge, [task.ground_truth(), task.image], task)
@@ -284,7 +310,15 @@ def test_quick_run_writes_the_report(tmp_path, capsys):
     assert "| BLD (default) |" in md
     lines = (out / "results.jsonl").read_text().splitlines()
     main_runs = 5 + 1  # methods (with one extra skip fraction), 2 results each
-    assert len(lines) == 3 * (main_runs * 2 + len(M.RECONSTRUCTIONS) * 1 + 2) + 2 * (4 * 2 + 2)
+    region_lines = 2 * (len(regions.METHODS) * 2 + 2)  # quick: 2 region tasks, references 1 result each
+    assert len(lines) == 3 * (main_runs * 2 + len(M.RECONSTRUCTIONS) * 1 + 2) + 2 * (4 * 2 + 2) + region_lines
+    assert all(len(json.loads(line)["region_correct"]) == 2 for line in lines if '"regions' in line)
+    assert report["suites"]["regions"]["tasks"] == 2
+    assert report["judge"]["calibration"]["regions"]["ground_truth"] == 1.0
+    assert set(report["metrics"]["regions"]) >= {f"regions:{n}" for n in regions.METHODS}
+    assert [r["masking"] for r in report["soft_seams"]] == list(soft_seams.MASKINGS)
+    assert "examples/regions-bld-regions.png" in report["files"]["examples"]
+    assert "## Several regions" in md and "## Soft masks: seams against binary masks" in md
 
     code = main(["eval", "-o", str(out), "--quick", "--model", "tiny-random", *SMALL])
     assert code == 2 and "already exists" in capsys.readouterr().err
@@ -299,7 +333,7 @@ def test_eval_rejects_bad_sizes(tmp_path, capsys):
 
 
 def test_the_outpaint_fill_and_soft_seam_measurements_run_and_report_every_row(capsys):
-    from bld.world.evaluation import outpaint_fill, soft_seams
+    from bld.world.evaluation import outpaint_fill
 
     fills = outpaint_fill.main(["--tasks", "1", "--num-results", "1"])
     assert [row["fill"] for row in fills] == ["edge", "telea"]

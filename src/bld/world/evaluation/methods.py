@@ -139,8 +139,9 @@ def unchanged(task: EditTask, n: int, seed: int, reason: str, seconds: float = 0
 
 
 def run_bld(ctx: EvalContext, task: EditTask, seed: int, *, pipe=None, keep_latents: bool = False,
-            **overrides) -> MethodOutput:
-    """One BLD run through `run_edit` with ctx.params(...) and `overrides` (EditParams fields)."""
+            region_masks=(), **overrides) -> MethodOutput:
+    """One BLD run through `run_edit` with ctx.params(...) and `overrides` (EditParams fields); with
+    `regions` among them, `region_masks` holds their masks."""
     pipe = pipe or ctx.pipe
     params = ctx.params(task, seed, **overrides)
     captured: dict[str, torch.Tensor] = {}
@@ -152,7 +153,7 @@ def run_bld(ctx: EvalContext, task: EditTask, seed: int, *, pipe=None, keep_late
     start = time.perf_counter()
     try:
         results = run_edit(pipe, task.image, task.mask_image(), params, scorer=ctx.scorer,
-                           callback_on_step_end=capture if keep_latents else None)
+                           callback_on_step_end=capture if keep_latents else None, region_masks=region_masks)
     except ValueError as exc:
         if "vanishes" not in str(exc):
             raise

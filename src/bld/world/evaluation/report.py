@@ -132,6 +132,44 @@ def large_table(summary: dict) -> list[str]:
     return _table(header, rows)
 
 
+REGIONS_ORDER = ("regions:bld-regions", "regions:sequential", "regions:union-joined",
+                 "regions-reference:ground-truth", "regions-reference:source")
+
+
+def regions_table(summary: dict) -> list[str]:
+    metrics, info = summary["metrics"]["regions"], summary["methods"]
+    header = ["method", "both right: batch [95% CI]", "both right: best result [95% CI]", "region 1 (left): batch",
+              "region 2 (right): batch", "background PSNR outside both (dB)", "s / result"]
+    rows = []
+    for name in (n for n in REGIONS_ORDER if n in metrics):
+        m = metrics[name]
+        is_ref = info[name]["group"] == "reference"
+        ci = {} if is_ref else m
+        rows.append([info[name]["label"], pct(m["batch_precision"], ci.get("batch_precision_ci")),
+                     pct(m["best_precision"], ci.get("best_precision_ci")),
+                     *(pct(r["batch_precision"], None if is_ref else r["batch_precision_ci"]) for r in m["regions"]),
+                     fixed(m["background_psnr"], 1), "" if is_ref else fixed(m["seconds_per_result"], 2)])
+    return _table(header, rows)
+
+
+def regions_comparison_table(summary: dict) -> list[str]:
+    rows = [[c["comparison"], _points(c["difference"], c["ci"])] for c in summary["regions_comparisons"]]
+    return _table(["paired over tasks", "difference [95% CI]"], rows)
+
+
+def seams_table(summary: dict) -> list[str]:
+    header = ["masking", "batch precision [95% CI]", "edge ΔE", "background PSNR outside the binary mask (dB)",
+              "s / result"]
+    rows = [[r["masking"], pct(r["batch_precision"], r["batch_precision_ci"]), fixed(r["edge_delta_e"], 2),
+             fixed(r["background_psnr"], 1), fixed(r["seconds_per_result"], 2)] for r in summary["soft_seams"]]
+    return _table(header, rows)
+
+
+def _points(difference, ci) -> str:
+    d, lo, hi = _num(difference), _num(ci[0]), _num(ci[1])
+    return f"{100 * d:+.1f} pts [{100 * lo:+.0f}, {100 * hi:+.0f}]" if not math.isnan(lo) else f"{100 * d:+.1f} pts"
+
+
 def thin_table(summary: dict) -> list[str]:
     metrics, info = summary["metrics"]["thin"], summary["methods"]
     header = ["method", "batch precision [95% CI]", "best-result precision [95% CI]", "any correct",
@@ -161,7 +199,7 @@ def claims_table(summary: dict) -> list[str]:
     for c in summary["claims"]:
         d, lo, hi = _num(c["difference"]), _num(c["ci"][0]), _num(c["ci"][1])
         if c["metric"] == "precision":
-            diff = f"{100 * d:+.1f} pts [{100 * lo:+.0f}, {100 * hi:+.0f}]" if not math.isnan(lo) else f"{100 * d:+.1f} pts"
+            diff = _points(c["difference"], c["ci"])
         else:
             diff = f"{d:+.2f} {c['metric']} [{lo:+.2f}, {hi:+.2f}]" if not math.isnan(lo) else f"{d:+.2f} {c['metric']}"
         verdict = c["verdict"] + (f" ({c['note']})" if c.get("note") else "")
@@ -214,6 +252,22 @@ def markdown(summary: dict) -> str:
                   f"{100 * large['mean_canvas_mask_fraction']:.1f}% of the canvas on average). The judge sees the "
                   "task's own tile of each result; background PSNR is over the whole canvas.", "",
                   *large_table(summary), ""]
+    if summary["metrics"].get("regions"):
+        lines += ["## Several regions", "",
+                  f"{summary['suites']['regions']['tasks']} tasks with two objects to draw, each in its own "
+                  "rectangle with its own prompt (kinds in turn add+add, add+replace, replace+replace; region 1 is "
+                  "the left one). One edit with two regions, against two edits in turn (one region each, the "
+                  "second editing the first's top-ranked result; its seconds are both edits') and one edit of the "
+                  "union with the prompts joined. The judge looks at each region with its own target; a result is "
+                  "right when both regions are.", "", *regions_table(summary), "",
+                  *regions_comparison_table(summary), ""]
+    if summary.get("soft_seams"):
+        lines += ["## Soft masks: seams against binary masks", "",
+                  f"{summary['suites']['seams']['tasks']} add/replace tasks (their own stream), each edited with "
+                  "the binary mask, its edge blurred and the mask grown then blurred, with the same seeds and the "
+                  "settings above. Edge ΔE across the binary mask's edge (2 px each side); background PSNR outside "
+                  "the binary mask, a mean over the results that change it (∞: none does).", "",
+                  *seams_table(summary), ""]
     if summary["skip_sweep"]:
         lines += ["## Skipped fraction of the schedule", "", *skip_table(summary), ""]
     if summary["claims"]:
@@ -331,8 +385,9 @@ def example_grid(rows, tasks, tile: int = 128) -> PIL.Image.Image:
     return make_grid(images, labels, tile=tile, columns=3 + width)
 
 
-def write_all(out: Path, summary: dict, examples: dict, main_tasks, thin_tasks, n_examples: int) -> dict:
-    """Plots and example grids into `out`; returns their paths relative to `out`."""
+def write_all(out: Path, summary: dict, examples: dict, tasks: dict, n_examples: int) -> dict:
+    """Plots and example grids into `out` (`tasks`: suite name -> its tasks); returns their paths relative
+    to `out`."""
     files = {"plots": [], "examples": []}
     for fn, filename in ((plot_precision_vs_skip, "precision_vs_skip.png"),
                          (plot_background_psnr, "background_psnr.png")):
@@ -341,8 +396,7 @@ def write_all(out: Path, summary: dict, examples: dict, main_tasks, thin_tasks, 
     if n_examples > 0 and examples:
         (out / "examples").mkdir(exist_ok=True)
         for name, rows in examples.items():
-            tasks = thin_tasks if summary["methods"][name]["suite"] == "thin" else main_tasks
             rel = f"examples/{name.replace(':', '-')}.png"
-            example_grid(rows, tasks).save(out / rel)
+            example_grid(rows, tasks[summary["methods"][name]["suite"]]).save(out / rel)
             files["examples"].append(rel)
     return files

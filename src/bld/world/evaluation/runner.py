@@ -17,10 +17,11 @@ import torch
 from ... import __version__
 from ...image_io import InputError
 from ..judge import EDIT_MIN_PROB
-from . import large_canvas, report, scoring, suite
+from . import large_canvas, regions, report, scoring, soft_seams, suite
 from . import methods as M
 
 REPORT_FILES = ("report.md", "report.json", "results.jsonl")
+REFERENCE_PREFIXES = {"reference:": "main", "thin-reference:": "thin", "regions-reference:": "regions"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class EvalConfig:
     thin_tasks: int = 48  # thin suite: half thin-object, half thin-background
     large_tasks: int = 24  # large-canvas suite: add / replace tasks on a canvas large_scale x 64 px wide
     large_scale: int = 3
+    region_tasks: int = 24  # regions suite: two objects, each in its own mask with its own prompt, in one edit
+    seam_tasks: int = 24  # soft-seam suite: add / replace tasks edited with a binary, a blurred and a grown mask
     steps: int = 50
     num_images: int = 4
     seed: int = 0
@@ -48,20 +51,23 @@ class EvalConfig:
 
     @classmethod
     def quick(cls, **overrides) -> EvalConfig:
-        values = dict(tasks=6, thin_tasks=4, large_tasks=2, steps=20, examples=3, bootstrap=300)
+        values = dict(tasks=6, thin_tasks=4, large_tasks=2, region_tasks=2, seam_tasks=2, steps=20, examples=3,
+                      bootstrap=300)
         values.update(overrides)
         return cls(**values)
 
     def __post_init__(self):
-        for name in ("tasks", "thin_tasks", "large_tasks", "examples", "steps", "num_images",
-                     "reconstruction_steps", "reconstruct_top", "bootstrap", "large_scale"):
-            low = 0 if name in ("tasks", "thin_tasks", "large_tasks", "examples") else 1
+        sizes = ("tasks", "thin_tasks", "large_tasks", "region_tasks", "seam_tasks")
+        for name in (*sizes, "examples", "steps", "num_images", "reconstruction_steps", "reconstruct_top",
+                     "bootstrap", "large_scale"):
+            low = 0 if name in (*sizes, "examples") else 1
             if getattr(self, name) < low:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least {low}")
         if self.num_images > 64:
             raise ValueError(f"num_images={self.num_images} must be at most 64")
-        if self.tasks == 0 and self.thin_tasks == 0 and self.large_tasks == 0:
-            raise ValueError("nothing to evaluate: --tasks, --thin-tasks and --large-tasks are all 0")
+        if not any(getattr(self, name) for name in sizes):
+            raise ValueError("nothing to evaluate: --tasks, --thin-tasks, --large-tasks, --region-tasks and "
+                             "--seam-tasks are all 0")
         if not all(0 <= f < 1 for f in (*self.skip_fractions, self.skip_fraction)):
             raise ValueError("skip fractions must lie in [0, 1)")
         if not 0 <= self.shrink <= 10:
@@ -102,13 +108,14 @@ def _collect(col: _Collected, name: str, suite_name: str, index: int, task, judg
             "suite": suite_name, "task": index, "kind": task.kind, "prompt": task.prompt, "method": name,
             "rank": k + 1, "seed": judged.seeds[k], "score": judged.scores[k], "correct": ok,
             "background_psnr": judged.background_psnr[k], "background_ssim": judged.background_ssim[k],
-            "edge_delta_e": judged.edge_delta_e[k], "failed": judged.failed, "judge": judged.answers[k]})
+            "edge_delta_e": judged.edge_delta_e[k], "failed": judged.failed, "judge": judged.answers[k],
+            **({"region_correct": judged.region_correct[k]} if judged.region_correct else {})})
 
 
-def _references(col, judge, tasks, suite_name, config, prefix: str) -> None:
+def _references(col, judge, tasks, suite_name, config, prefix: str, judge_fn=scoring.judge_and_measure) -> None:
     for i, task in enumerate(tasks):
         for name, image in ((f"{prefix}ground-truth", task.ground_truth()), (f"{prefix}source", task.image)):
-            j = scoring.judge_and_measure(judge, i, task, [image], min_prob=config.min_prob)
+            j = judge_fn(judge, i, task, [image], min_prob=config.min_prob)
             _collect(col, name, suite_name, i, task, j, [image], 0)
 
 
@@ -151,17 +158,22 @@ def run_eval(out_dir: str | Path, config: EvalConfig | None = None, *, model: st
         main_methods = [m for m in main_methods if m.group != "baseline"]
     thin_methods = M.thin_methods(config.shrink) if thin_tasks else []
     large_tasks = large_canvas.large_canvas_suite(config.large_tasks, config.seed, config.large_scale)
+    region_tasks = regions.region_suite(config.region_tasks, config.seed)
+    seam_tasks = soft_seams.tasks(config.seam_tasks, config.seed)
     load_seconds = time.perf_counter() - t_load
 
     # warm-up (untimed): the first calls of a pipeline pay for lazy initialisation
-    warm = main_tasks[0] if main_tasks else thin_tasks[0] if thin_tasks else large_tasks[0].tile
+    warm = (main_tasks + thin_tasks + [t.tile for t in large_tasks] + [t.region_tasks[0] for t in region_tasks]
+            + seam_tasks)[0]
     M.run_bld(dataclasses.replace(ctx, steps=2, num_images=1), warm, 0)
 
     col = _Collected()
     _references(col, judge, main_tasks, "main", config, "reference:")
     _references(col, judge, thin_tasks, "thin", config, "thin-reference:")
+    _references(col, judge, region_tasks, "regions", config, "regions-reference:", regions.judge_regions)
     units = (len(main_tasks) * (len(main_methods) + len(M.RECONSTRUCTIONS)) + len(thin_tasks) * len(thin_methods)
-             + len(large_tasks) * len(large_canvas.METHODS))
+             + len(large_tasks) * len(large_canvas.METHODS) + len(region_tasks) * len(regions.METHODS)
+             + len(seam_tasks) * len(soft_seams.MASKINGS))
     bar = tqdm(total=units, desc="bld eval", unit="run", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     t_run = time.perf_counter()
     try:
@@ -190,20 +202,34 @@ def run_eval(out_dir: str | Path, config: EvalConfig | None = None, *, model: st
                                                                 + r.extra.get("reconstruction_seconds", 0.0))
                             bar.update()
 
-        def large_run_done(i: int, name: str) -> None:
-            bar.set_postfix_str(f"large {i + 1}/{len(large_tasks)} {name}", refresh=False)
-            bar.update()
+        def run_done(suite_name: str, n: int):
+            def done(i: int, name: str) -> None:
+                bar.set_postfix_str(f"{suite_name} {i + 1}/{n} {name}", refresh=False)
+                bar.update()
+
+            return done
 
         large_judged = large_canvas.run_large_canvas(ctx, judge, large_tasks,
                                                      lambda i: task_seed(config.seed, "large", i), config.min_prob,
-                                                     on_run=large_run_done)
+                                                     on_run=run_done("large", len(large_tasks)))
+        region_runs = regions.run_region_suite(ctx, judge, region_tasks, lambda i: task_seed(config.seed, "regions", i),
+                                               config.min_prob, on_run=run_done("regions", len(region_tasks)))
+        for name, runs in region_runs.items():
+            for i, (judged, output) in enumerate(runs):
+                _collect(col, f"regions:{name}", "regions", i, region_tasks[i], judged, output.images, config.examples)
+
+        def seam_edit(task, i, overrides):
+            return M.run_bld(ctx, task, task_seed(config.seed, "seams", i), **overrides).images
+
+        seam_rows = soft_seams.masking_rows(seam_edit, judge, seam_tasks, _draws(len(seam_tasks), config),
+                                            config.min_prob, on_run=run_done("seams", len(seam_tasks)))
     finally:
         bar.close()
     run_seconds = time.perf_counter() - t_run
 
     # summaries, claims, files
-    draws = {"main": scoring.bootstrap_indices(len(main_tasks), config.bootstrap, config.seed) if len(main_tasks) > 1 else None,
-             "thin": scoring.bootstrap_indices(len(thin_tasks), config.bootstrap, config.seed) if len(thin_tasks) > 1 else None}
+    draws = {"main": _draws(len(main_tasks), config), "thin": _draws(len(thin_tasks), config),
+             "regions": _draws(len(region_tasks), config)}
     all_methods = {m.name: m for m in main_methods + thin_methods}
     method_info = {name: M.describe_method(m) for name, m in all_methods.items()}
     for recon in M.RECONSTRUCTIONS:
@@ -211,14 +237,16 @@ def run_eval(out_dir: str | Path, config: EvalConfig | None = None, *, model: st
             "label": f"reconstruction: {recon}", "suite": "main", "group": "reconstruction",
             "description": f"the BLD run's top {config.reconstruct_top} result(s) finished with reconstruction={recon!r}",
             "settings": {"reconstruction": recon}}
-    for prefix, suite_name in (("reference:", "main"), ("thin-reference:", "thin")):
+    for name, label in regions.METHODS.items():
+        method_info[f"regions:{name}"] = {"label": label, "suite": "regions", "group": "regions",
+                                          "description": label, "settings": {}}
+    for prefix, suite_name in REFERENCE_PREFIXES.items():
         method_info[f"{prefix}ground-truth"] = {"label": "reference: ground truth", "suite": suite_name,
                                                 "group": "reference", "description": "the ideal edit", "settings": {}}
         method_info[f"{prefix}source"] = {"label": "reference: unedited source", "suite": suite_name,
                                           "group": "reference", "description": "no edit at all", "settings": {}}
-    metrics: dict[str, dict] = {"main": {}, "reconstruction": {}, "thin": {}, "large": {}}
-    large_draws = (scoring.bootstrap_indices(len(large_tasks), config.bootstrap, config.seed)
-                   if len(large_tasks) > 1 else None)
+    metrics: dict[str, dict] = {"main": {}, "reconstruction": {}, "thin": {}, "large": {}, "regions": {}}
+    large_draws = _draws(len(large_tasks), config)
     for name, judged in large_judged.items():
         if judged:
             label = large_canvas.METHODS[name][0]
@@ -228,7 +256,8 @@ def run_eval(out_dir: str | Path, config: EvalConfig | None = None, *, model: st
     for name, judged in col.judged.items():
         info = method_info[name]
         table = "reconstruction" if info["group"] == "reconstruction" else info["suite"]
-        metrics[table][name] = scoring.summarize(judged, draws[info["suite"]])
+        summarize = regions.summarize if table == "regions" else scoring.summarize
+        metrics[table][name] = summarize(judged, draws[info["suite"]])
         if name in col.reconstruction_seconds:
             metrics[table][name]["reconstruction_seconds_per_result"] = (
                 col.reconstruction_seconds[name] / max(1, metrics[table][name]["results"]))
@@ -260,18 +289,22 @@ def run_eval(out_dir: str | Path, config: EvalConfig | None = None, *, model: st
         "judge": {"min_prob": config.min_prob,
                   "calibration": {s: {"ground_truth": metrics[s].get(f"{p}ground-truth", {}).get("batch_precision"),
                                       "source": metrics[s].get(f"{p}source", {}).get("batch_precision")}
-                                  for s, p in (("main", "reference:"), ("thin", "thin-reference:"))}},
+                                  for p, s in REFERENCE_PREFIXES.items()}},
         "suites": {"main": _suite_info(main_tasks), "thin": _suite_info(thin_tasks),
                    "large": {**_suite_info([t.tile for t in large_tasks]),
                              "canvas": large_canvas.TILE * config.large_scale,
                              "mean_canvas_mask_fraction": float(np.mean([t.mask.mean() for t in large_tasks]))
-                             if large_tasks else None}},
+                             if large_tasks else None},
+                   "regions": _suite_info(region_tasks, regions.describe), "seams": _suite_info(seam_tasks)},
         "methods": method_info,
         "metrics": metrics,
         "skip_sweep": skip_sweep,
         "claims": claims,
+        "regions_comparisons": regions.comparisons(col.judged, config.bootstrap, config.seed),
+        "soft_seams": seam_rows,
     }
-    files = report.write_all(out, summary, col.examples, main_tasks, thin_tasks, config.examples)
+    files = report.write_all(out, summary, col.examples, {"main": main_tasks, "thin": thin_tasks,
+                                                          "regions": region_tasks}, config.examples)
     summary["files"] = files
     summary["seconds"]["total"] = round(time.time() - started, 2)
     with open(out / "results.jsonl", "w") as fh:
@@ -282,13 +315,17 @@ def run_eval(out_dir: str | Path, config: EvalConfig | None = None, *, model: st
     return summary
 
 
-def _suite_info(tasks) -> dict:
+def _draws(n_tasks: int, config: EvalConfig) -> np.ndarray | None:
+    return scoring.bootstrap_indices(n_tasks, config.bootstrap, config.seed) if n_tasks > 1 else None
+
+
+def _suite_info(tasks, describe=suite.describe) -> dict:
     kinds: dict[str, int] = {}
     for t in tasks:
         kinds[t.kind] = kinds.get(t.kind, 0) + 1
     return {"tasks": len(tasks), "kinds": kinds,
             "mean_mask_fraction": float(np.mean([t.mask.mean() for t in tasks])) if tasks else None,
-            "items": [suite.describe(t) for t in tasks]}
+            "items": [describe(t) for t in tasks]}
 
 
 def _json_safe(value):

@@ -65,6 +65,7 @@ class Judged:
     answers: list[dict] = field(default_factory=list)
     color_correct: list[bool] = field(default_factory=list)  # the target's color, judged as sure as `correct`
     form_correct: list[bool | None] = field(default_factory=list)  # its shape (objects) or pattern; None: thin
+    region_correct: list[list[bool]] = field(default_factory=list)  # per result, each region's verdict (regions suite)
 
 
 def judge_thin(judge: Judge, images, tasks, min_prob: float = EDIT_MIN_PROB) -> list[dict]:
@@ -210,6 +211,17 @@ def summarize(judged: list[Judged], draws: np.ndarray | None = None) -> dict:
                         "best_precision": float(np.mean([j.correct[0] for j in judged if j.kind == k]))}
                     for k in kinds},
     }
+
+
+def region_rates(judged: list[Judged], region: int, draws: np.ndarray | None = None) -> dict:
+    """One region's batch and best-result precision (with intervals) on the regions suite."""
+    judged = sorted(judged, key=lambda j: j.task)
+    fraction = np.array([np.mean([flags[region] for flags in j.region_correct]) for j in judged])
+    top1 = np.array([float(j.region_correct[0][region]) for j in judged])
+    batch, batch_lo, batch_hi = mean_ci(fraction, draws)
+    best, best_lo, best_hi = mean_ci(top1, draws)
+    return {"batch_precision": batch, "batch_precision_ci": [batch_lo, batch_hi],
+            "best_precision": best, "best_precision_ci": [best_lo, best_hi]}
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, draws: np.ndarray | None) -> dict:

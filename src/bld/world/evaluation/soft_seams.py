@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 
 import numpy as np
 import PIL.Image
@@ -38,32 +39,52 @@ KINDS = ("add", "replace")
 
 
 def tasks(n: int, seed: int = 0) -> list[world.EditTask]:
+    """`n` add / replace tasks in turn (main-suite tasks from their own stream)."""
     return [world.sample_edit_task(task_rng(seed, "main", 30_000 + i), size=64, kind=KINDS[i % 2]) for i in range(n)]
 
 
+def masking_rows(edit, judge, suite: list[world.EditTask], draws=None, min_prob: float = EDIT_MIN_PROB,
+                 on_run=None) -> list[dict]:
+    """One row per masking of MASKINGS. `edit(task, index, overrides)` makes the results of one task with
+    those EditParams overrides; `draws` (scoring.bootstrap_indices) adds a batch-precision interval."""
+    rows = []
+    for name, overrides in MASKINGS.items():
+        judged = []
+        for i, task in enumerate(suite):
+            start = time.perf_counter()
+            images = edit(task, i, overrides)
+            judged.append(scoring.judge_and_measure(judge, i, task, images, seconds=time.perf_counter() - start,
+                                                    min_prob=min_prob))
+            if on_run is not None:
+                on_run(i, name)
+        rows.append(masking_row(name, judged, draws))
+    return rows
+
+
+def masking_row(name: str, judged: list[scoring.Judged], draws=None) -> dict:
+    correct = [c for j in judged for c in j.correct]
+    psnrs = [p for j in judged for p in j.background_psnr if math.isfinite(p)]
+    _, lo, hi = scoring.mean_ci(scoring.per_task_arrays(judged)["fraction"], draws)
+    return {"masking": name, "results": len(correct), "batch_precision": float(np.mean(correct)),
+            "batch_precision_ci": [lo, hi], "edge_delta_e": float(np.mean([e for j in judged for e in j.edge_delta_e])),
+            "background_psnr": float(np.mean(psnrs)) if psnrs else math.inf,
+            "seconds_per_result": sum(j.seconds for j in judged) / max(1, len(correct))}
+
+
 def measure(n: int, num_images: int) -> list[dict]:
+    """The standalone measurement: the bundled model's recommended settings, unranked, seeds 100 + i."""
     torch.manual_seed(0)
     pipe = load_pipeline(default_model(), device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    judge = load_judge()
     defaults = model_edit_defaults(default_model())
-    suite = tasks(n)
-    rows = []
-    for name, overrides in MASKINGS.items():
-        correct, seams, psnrs = [], [], []
-        for i, task in enumerate(suite):
-            mask = PIL.Image.fromarray(task.mask.astype(np.uint8) * 255)
-            params = EditParams.from_dict({**defaults, "prompt": task.prompt, "num_images": num_images,
-                                           "seed": 100 + i, "rank": False, **overrides})
-            images = [r.image for r in run_edit(pipe, task.image, mask, params)]
-            judged = scoring.judge_and_measure(judge, i, task, images, min_prob=EDIT_MIN_PROB)
-            correct += judged.correct
-            seams += judged.edge_delta_e
-            psnrs += [p for p in judged.background_psnr if math.isfinite(p)]
-        rows.append({"masking": name, "results": len(correct), "batch_precision": float(np.mean(correct)),
-                     "edge_delta_e": float(np.mean(seams)),
-                     "background_psnr": float(np.mean(psnrs)) if psnrs else math.inf})
-    return rows
+
+    def edit(task, i, overrides):
+        mask = PIL.Image.fromarray(task.mask.astype(np.uint8) * 255)
+        params = EditParams.from_dict({**defaults, "prompt": task.prompt, "num_images": num_images,
+                                       "seed": 100 + i, "rank": False, **overrides})
+        return [r.image for r in run_edit(pipe, task.image, mask, params)]
+
+    return masking_rows(edit, load_judge(), tasks(n))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -30,7 +30,7 @@ from ..scenes import EditTask
 
 MAIN_KINDS = world.EDIT_KINDS  # ("add", "replace", "background")
 THIN_KINDS = ("thin-object", "thin-background")
-SUITE_STREAM = {"main": 0, "thin": 1, "large": 2}
+SUITE_STREAM = {"main": 0, "thin": 1, "large": 2, "regions": 3, "seams": 4}
 STROKE_WIDTHS = (2, 3)  # px at 64 px
 MIN_STROKE_PIXELS = 15
 
