@@ -389,6 +389,26 @@ def _rect_around(rng, box, size, margin=1):
     return x0, y0, x1, y1
 
 
+def replacement(rng: np.random.Generator, old: ObjectSpec, background: BackgroundSpec,
+                taken) -> ObjectSpec | None:
+    """Another object in `old`'s place: a new shape and color drawn for `background` and a new rotation; None
+    when the drawn (shape, color) is in `taken`."""
+    colors = object_colors_for(background)
+    shape, color = SHAPES[rng.integers(len(SHAPES))], colors[rng.integers(len(colors))]
+    if (shape, color) in taken:
+        return None
+    rotation = round(float(rng.uniform(-MAX_ROTATION, MAX_ROTATION)), 1)
+    return replace(old, shape=shape, color=color, rotation=rotation)
+
+
+def rect_mask(rect, size: int) -> np.ndarray:
+    """(size, size) bool, True inside the box (left, top, right, bottom)."""
+    x0, y0, x1, y1 = (int(v) for v in rect)
+    mask = np.zeros((size, size), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
 def sample_edit_task(rng: np.random.Generator, size: int = 64, kind: str | None = None) -> EditTask:
     """A random edit task of `kind` (uniform over EDIT_KINDS if None) on a 1-3 object scene. The mask is
     a rectangle (inverted for "background") whose sides lie in [size/5, size/2] and which holds the
@@ -411,12 +431,9 @@ def sample_edit_task(rng: np.random.Generator, size: int = 64, kind: str | None 
             boxes, others = [target.box()], objs
         elif kind == "replace":
             old = objs[i]
-            colors = object_colors_for(bg)
-            shape, color = SHAPES[rng.integers(len(SHAPES))], colors[rng.integers(len(colors))]
-            if (shape, color) in taken:
+            target = replacement(rng, old, bg, taken)
+            if target is None:
                 continue
-            rotation = round(float(rng.uniform(-MAX_ROTATION, MAX_ROTATION)), 1)
-            target = replace(old, shape=shape, color=color, rotation=rotation)
             boxes, others = [old.box(), target.box()], objs[:i] + objs[i + 1:]
         else:
             target = sample_background(rng)
@@ -427,9 +444,7 @@ def sample_edit_task(rng: np.random.Generator, size: int = 64, kind: str | None 
         rect = _rect_around(rng, union, size)
         if rect is None or any(_overlap(rect, o.box()) > 0 for o in others):
             continue
-        x0, y0, x1, y1 = rect
-        inside = np.zeros((size, size), bool)
-        inside[y0:y1, x0:x1] = True
+        inside = rect_mask(rect, size)
         if kind == "add":
             target_scene, mask = Scene(bg, objs + (target,), size), inside
         elif kind == "replace":

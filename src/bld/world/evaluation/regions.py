@@ -74,15 +74,6 @@ class RegionTask:
         return self.union_task().ground_truth()
 
 
-def _replaced(rng, obj: world.ObjectSpec, colors: list[str], taken) -> world.ObjectSpec | None:
-    """Another object in obj's place (a new shape and/or color), or None when the draw is taken."""
-    shape, color = world.SHAPES[rng.integers(len(world.SHAPES))], colors[rng.integers(len(colors))]
-    if (shape, color) in taken:
-        return None
-    rotation = round(float(rng.uniform(-world.MAX_ROTATION, world.MAX_ROTATION)), 1)
-    return replace(obj, shape=shape, color=color, rotation=rotation)
-
-
 def sample_region_task(rng: np.random.Generator, kinds: tuple[str, str] = ("add", "add"), size: int = 64) -> RegionTask:
     """A two-region task (see the module docstring); objects of 20-26 px at 64 px, as in the main suite."""
     lo, hi = round(size * 20 / 64), round(size * 26 / 64)
@@ -93,7 +84,7 @@ def sample_region_task(rng: np.random.Generator, kinds: tuple[str, str] = ("add"
         targets = [scene.objects[i] for i in picks]
         others = tuple(o for i, o in enumerate(scene.objects) if i not in picks)
         taken = {(o.shape, o.color) for o in scene.objects}
-        olds = [None if kind == "add" else _replaced(rng, t, world.object_colors_for(scene.background), taken)
+        olds = [None if kind == "add" else world.replacement(rng, t, scene.background, taken)
                 for kind, t in zip(kinds, targets)]
         if any(kind == "replace" and old is None for kind, old in zip(kinds, olds)):
             continue
@@ -108,17 +99,10 @@ def sample_region_task(rng: np.random.Generator, kinds: tuple[str, str] = ("add"
         source = world.Scene(scene.background, others + tuple(o for o in olds if o is not None), size)
         target_scene = world.Scene(scene.background, others + tuple(targets), size)
         image = world.render(source)
-        region_tasks = tuple(EditTask(image, _rect_mask(rect, size), t.caption(), t, kind, source, target_scene)
+        region_tasks = tuple(EditTask(image, world.rect_mask(rect, size), t.caption(), t, kind, source, target_scene)
                              for rect, t, kind in zip(rects, targets, kinds))
         return RegionTask(image, source, target_scene, region_tasks)
     raise ValueError(f"could not lay out a {kinds!r} two-region task at {size} px")
-
-
-def _rect_mask(rect, size: int) -> np.ndarray:
-    x0, y0, x1, y1 = (int(v) for v in rect)
-    mask = np.zeros((size, size), bool)
-    mask[y0:y1, x0:x1] = True
-    return mask
 
 
 def region_suite(n: int, seed: int = 0, size: int = 64) -> list[RegionTask]:
