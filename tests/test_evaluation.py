@@ -272,7 +272,7 @@ def test_nearest_mask_that_vanishes_is_a_refused_task(ctx):
 
 # ----------------------------------------------------------------------------------------------- the run
 
-SMALL = ["--tasks", "3", "--thin-tasks", "2", "--steps", "3", "--skip-fractions", "0.25,0.5",
+SMALL = ["--tasks", "3", "--thin-tasks", "2", "--region-tasks", "2", "--seam-tasks", "1", "--steps", "3", "--skip-fractions", "0.25,0.5",
          "--reconstruction-steps", "2", "--examples", "1", "--num-results", "2", "--no-progress", "--threads", "1"]
 
 
@@ -317,7 +317,8 @@ def test_quick_run_writes_the_report(tmp_path, capsys):
     region_lines = 2 * (len(regions.METHODS) * 2 + 2)  # quick: 2 region tasks, references 1 result each
     assert len(lines) == 3 * (main_runs * 2 + len(M.RECONSTRUCTIONS) * 1 + 2) + 2 * (4 * 2 + 2) + region_lines
     assert all(len(json.loads(line)["region_correct"]) == 2 for line in lines if '"regions' in line)
-    assert report["suites"]["regions"]["tasks"] == 2
+    assert report["suites"]["regions"]["tasks"] == 2 and report["suites"]["seams"]["tasks"] == 1
+    assert "--region-tasks 2 --seam-tasks 1" in report["command"]
     assert report["judge"]["calibration"]["regions"]["ground_truth"] == 1.0
     assert set(report["metrics"]["regions"]) >= {f"regions:{n}" for n in regions.METHODS}
     assert [r["masking"] for r in report["soft_seams"]] == list(soft_seams.MASKINGS)

@@ -238,6 +238,10 @@ def add_eval_parser(sub) -> None:
     ev.add_argument("--thin-tasks", type=int, metavar="N", help="thin-suite tasks (default 48)")
     ev.add_argument("--large-tasks", type=int, metavar="N",
                     help="large-canvas tasks: crop-and-stitch against whole-canvas and downscaled edits (default 24)")
+    ev.add_argument("--region-tasks", type=int, metavar="N",
+                    help="two-region tasks: one edit with two regions against two edits in turn (default 24)")
+    ev.add_argument("--seam-tasks", type=int, metavar="N",
+                    help="soft-seam tasks: binary against blurred and grown masks (default 24)")
     ev.add_argument("--steps", type=int, metavar="N", help="diffusion steps of the full schedule (default 50)")
     ev.add_argument("--num-results", type=int, metavar="N", help="results per task and method (default 4)")
     ev.add_argument("--seed", type=int, metavar="N", help="suite and edit seed (default 0)")
@@ -257,7 +261,8 @@ def add_eval_parser(sub) -> None:
     add_runtime_flags(ev, gpu_options=False)
 
 
-EVAL_OVERRIDES = {"tasks": "tasks", "thin_tasks": "thin_tasks", "large_tasks": "large_tasks", "steps": "steps",
+EVAL_OVERRIDES = {"tasks": "tasks", "thin_tasks": "thin_tasks", "large_tasks": "large_tasks",
+                  "region_tasks": "region_tasks", "seam_tasks": "seam_tasks", "steps": "steps",
                   "num_results": "num_images", "seed": "seed", "skip_fraction": "skip_fraction", "shrink": "shrink",
                   "guidance": "guidance_scale",
                   "reconstruction_steps": "reconstruction_steps", "reconstruct_top": "reconstruct_top",
