@@ -307,7 +307,9 @@ def test_a_result_remakes_from_its_metadata_and_the_masks(sd_pipe, image):
     second = run_edit(sd_pipe, image, masks[0], params, region_masks=masks[1:])[1]
     remade = params_from_metadata(result_metadata(params, second, "tiny-random"))
     (again,) = run_edit(sd_pipe, image, masks[0], remade, region_masks=masks[1:])
-    assert np.array_equal(np.asarray(again.image), np.asarray(second.image))
+    # a batch of two and a run of one may round differently in BLAS: one 8-bit level at most, not another edit
+    difference = np.abs(np.asarray(again.image, dtype=int) - np.asarray(second.image, dtype=int))
+    assert difference.max() <= 1 and difference.mean() < 0.01
 
 
 def test_with_crops_each_region_is_scored_through_the_crop_that_holds_it(sd_pipe, scorer):
