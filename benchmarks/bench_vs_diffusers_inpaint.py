@@ -1,11 +1,14 @@
-"""Time bld's pipeline against diffusers' StableDiffusionInpaintPipeline on identical components.
+"""Time bld's pipeline against diffusers' inpaint pipeline of the same family on identical components.
 
-Both run the SD 1.5 architecture (random weights: speed does not depend on weight values) with the same
-scheduler, steps, guidance, seed and a 4-channel UNet, in one process, alternating runs so both see the
-same machine state. Prints each run, the median time ratio ours/theirs, the peak resident memory each
-run added, and one JSON line.
+Both run the same architecture (random weights: speed does not depend on weight values) with the same
+scheduler, steps, guidance and seed, in one process, alternating runs so both see the same machine state:
+SD 1.5 (its 4-channel UNet) against StableDiffusionInpaintPipeline, or SD3-medium / FLUX.1-dev at real
+width with few blocks (bld.testing.reference_flow_architectures) against StableDiffusion3InpaintPipeline /
+FluxInpaintPipeline, which blend a plain 16-channel transformer's latents as bld does. Prints each run, the
+median time ratio ours/theirs, the peak resident memory each run added, and one JSON line.
 
     python benchmarks/bench_vs_diffusers_inpaint.py --size 256 --steps 4 --pairs 4
+    python benchmarks/bench_vs_diffusers_inpaint.py --architecture flux --size 256 --steps 4 --pairs 3
 """
 
 from __future__ import annotations
@@ -22,10 +25,17 @@ import time
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import StableDiffusionInpaintPipeline
+from diffusers import FluxInpaintPipeline, StableDiffusion3InpaintPipeline, StableDiffusionInpaintPipeline
 
-from bld import BlendedLatentDiffusionPipeline
+from bld import BlendedLatentDiffusionFluxPipeline, BlendedLatentDiffusionPipeline, BlendedLatentDiffusionSD3Pipeline
 from bld.testing.reference_architectures import sd15_components
+from bld.testing.reference_flow_architectures import flux_dev_components, sd3_medium_components
+
+ARCHITECTURES = {  # name: (components, ours, theirs, guidance)
+    "sd15": (sd15_components, BlendedLatentDiffusionPipeline, StableDiffusionInpaintPipeline, 7.5),
+    "sd3": (sd3_medium_components, BlendedLatentDiffusionSD3Pipeline, StableDiffusion3InpaintPipeline, 7.0),
+    "flux": (flux_dev_components, BlendedLatentDiffusionFluxPipeline, FluxInpaintPipeline, 3.5),
+}
 
 
 def rss_bytes() -> int:
@@ -64,23 +74,25 @@ def scene(size: int) -> tuple[PIL.Image.Image, PIL.Image.Image]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="sd15",
+                        help="sd15 (full size), sd3 (SD3-medium, 2 blocks), flux (FLUX.1-dev, 1+1 blocks)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4, help="full schedule; skip 0.25 runs the last 3 of 4")
     parser.add_argument("--pairs", type=int, default=4, help="timed (ours, theirs) pairs after one warm-up each")
     parser.add_argument("--num-images", type=int, default=1)
     args = parser.parse_args()
 
-    components = sd15_components()
-    ours = BlendedLatentDiffusionPipeline(**components)
-    theirs = StableDiffusionInpaintPipeline(**ours.components)
+    build, ours_cls, theirs_cls, guidance = ARCHITECTURES[args.architecture]
+    ours = ours_cls(**build())
+    theirs = theirs_cls(**ours.components)
     for pipe in (ours, theirs):
         pipe.set_progress_bar_config(disable=True)
     image, mask = scene(args.size)
-    common = dict(num_inference_steps=args.steps, guidance_scale=7.5, num_images_per_prompt=args.num_images,
+    common = dict(num_inference_steps=args.steps, guidance_scale=guidance, num_images_per_prompt=args.num_images,
                   output_type="np")
 
     def run_ours():
-        return ours("a red car", image, mask, skip_fraction=0.25, latent_mask_mode="top-left",
+        return ours("a red car", image, mask, skip_fraction=0.25, latent_mask_mode="top-left", crop="off",
                     generator=torch.Generator().manual_seed(0), **common).images
 
     def run_theirs():
@@ -106,7 +118,8 @@ def main() -> None:
 
     ratios = [a / b for a, b in zip(times["ours"], times["theirs"])]
     result = {
-        "benchmark": "bld_vs_diffusers_inpaint", "architecture": "sd15", "size": args.size, "steps": args.steps,
+        "benchmark": "bld_vs_diffusers_inpaint", "architecture": args.architecture, "size": args.size,
+        "steps": args.steps,
         "blended_steps": args.steps - int(args.steps * 0.25), "num_images": args.num_images, "pairs": args.pairs,
         "median_s_ours": round(statistics.median(times["ours"]), 3),
         "median_s_theirs": round(statistics.median(times["theirs"]), 3),

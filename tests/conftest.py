@@ -7,7 +7,14 @@ import PIL.Image
 import pytest
 import torch
 
-from bld import BlendedLatentDiffusionLDMPipeline, BlendedLatentDiffusionPipeline, BlendedLatentDiffusionXLPipeline
+from bld import (
+    BlendedLatentDiffusionFluxPipeline,
+    BlendedLatentDiffusionLDMPipeline,
+    BlendedLatentDiffusionPipeline,
+    BlendedLatentDiffusionSD3Pipeline,
+    BlendedLatentDiffusionXLPipeline,
+)
+from bld.testing.tiny_flow_models import tiny_flux_components, tiny_sd3_components
 from bld.testing.tiny_ldm import tiny_ldm_components
 from bld.testing.tiny_models import tiny_sd_components, tiny_sdxl_components
 
@@ -35,15 +42,29 @@ def ldm_pipe(tmp_path_factory):
     return pipe
 
 
+@pytest.fixture(scope="session")
+def sd3_pipe(tmp_path_factory):
+    pipe = BlendedLatentDiffusionSD3Pipeline(**tiny_sd3_components(tokenizer_dir=tmp_path_factory.mktemp("toksd3")))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def flux_pipe(tmp_path_factory):
+    pipe = BlendedLatentDiffusionFluxPipeline(**tiny_flux_components(tokenizer_dir=tmp_path_factory.mktemp("tokflux")))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @pytest.fixture(params=["sd", "sdxl"])
 def pipe(request, sd_pipe, sdxl_pipe):
     return sd_pipe if request.param == "sd" else sdxl_pipe
 
 
-@pytest.fixture(params=["sd", "sdxl", "ldm"])
-def any_family(request, sd_pipe, sdxl_pipe, ldm_pipe):
+@pytest.fixture(params=["sd", "sdxl", "ldm", "sd3", "flux"])
+def any_family(request, sd_pipe, sdxl_pipe, ldm_pipe, sd3_pipe, flux_pipe):
     """Each model family's tiny pipeline, for what the method guarantees on every family."""
-    return {"sd": sd_pipe, "sdxl": sdxl_pipe, "ldm": ldm_pipe}[request.param]
+    return {"sd": sd_pipe, "sdxl": sdxl_pipe, "ldm": ldm_pipe, "sd3": sd3_pipe, "flux": flux_pipe}[request.param]
 
 
 def make_image(size=(SIZE, SIZE), seed=0) -> PIL.Image.Image:

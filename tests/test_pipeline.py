@@ -1,4 +1,4 @@
-"""What the method guarantees, checked on tiny SD, SDXL and LDM pipelines (2 to 4 steps, 64 px, CPU)."""
+"""What the method guarantees, checked on tiny SD, SDXL, LDM, SD3 and FLUX pipelines (2 to 4 steps, 64 px, CPU)."""
 
 import numpy as np
 import pytest
@@ -12,6 +12,7 @@ from diffusers import (
     HeunDiscreteScheduler,
 )
 
+from bld import BlendedLatentDiffusionFluxPipeline
 from bld.ops.blending import latent_mask
 
 STEPS = 4  # skip_fraction 0.25 -> 3 blended steps
@@ -19,7 +20,7 @@ STEPS = 4  # skip_fraction 0.25 -> 3 blended steps
 
 @pytest.fixture
 def pipe(any_family):
-    """Here `pipe` is every family's: SD, SDXL and the paper's LDM."""
+    """Here `pipe` is every family's: SD, SDXL, the paper's LDM, SD3 and FLUX.1."""
     return any_family
 
 
@@ -91,12 +92,16 @@ def test_a_batch_of_three_equals_three_single_runs(pipe, image, mask, background
 
 def count_unet_batches(pipe):
     sizes = []
-    handle = pipe.unet.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    handle = pipe.denoiser.register_forward_pre_hook(
+        lambda module, args, kwargs: sizes.append((args[0] if args else kwargs["hidden_states"]).shape[0]),
+        with_kwargs=True)
     return sizes, handle
 
 
 @pytest.mark.parametrize("guidance,expected_batch", [(1.0, 2), (0.0, 2), (7.5, 4)])
 def test_guidance_one_or_less_skips_the_unconditional_pass(pipe, image, mask, guidance, expected_batch):
+    if isinstance(pipe, BlendedLatentDiffusionFluxPipeline):
+        expected_batch = 2  # FLUX.1's guidance is an input of its one pass (true CFG: tests/test_flow_matching.py)
     sizes, handle = count_unet_batches(pipe)
     try:
         edit(pipe, image, mask, guidance_scale=guidance, num_images_per_prompt=2)
@@ -143,10 +148,13 @@ def test_callback_can_stop_the_edit(sd_pipe, image, mask):
     ("pil", lambda out: out[0].size == (SIZE, SIZE) and out[0].mode == "RGB"),
     ("np", lambda out: out.shape == (2, SIZE, SIZE, 3) and 0 <= out.min() and out.max() <= 1),
     ("pt", lambda out: tuple(out.shape) == (2, 3, SIZE, SIZE)),
-    ("latent", lambda out: out.shape[0] == 2 and out.shape[1] == 4),
+    ("latent", lambda out: out.shape[0] == 2 and out.shape[2:] == (SIZE // 2, SIZE // 2)),
 ])
 def test_output_types(pipe, image, mask, output_type, check):
-    assert check(edit(pipe, image, mask, output_type=output_type, num_images_per_prompt=2))
+    out = edit(pipe, image, mask, output_type=output_type, num_images_per_prompt=2)
+    assert check(out)
+    if output_type == "latent":  # spatial latents with the VAE's channels (16 for SD3 and FLUX), never packed
+        assert out.shape[1] == pipe.vae.config.latent_channels
 
 
 def test_a_list_of_prompts_gives_results_per_prompt(sd_pipe, image, mask):

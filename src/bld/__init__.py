@@ -7,12 +7,15 @@ from .params import EditParams, Region
 
 __version__ = "0.1.0"
 __all__ = ["BlendedLatentDiffusionPipeline", "BlendedLatentDiffusionXLPipeline", "BlendedLatentDiffusionLDMPipeline",
+           "BlendedLatentDiffusionSD3Pipeline", "BlendedLatentDiffusionFluxPipeline",
            "BlendedLatentDiffusionPipelineOutput", "EditParams", "Region", "__version__"]
 
 _LAZY = {
     "BlendedLatentDiffusionPipeline": ".pipelines.stable_diffusion",
     "BlendedLatentDiffusionXLPipeline": ".pipelines.stable_diffusion_xl",
     "BlendedLatentDiffusionLDMPipeline": ".pipelines.latent_diffusion",
+    "BlendedLatentDiffusionSD3Pipeline": ".pipelines.stable_diffusion_3",
+    "BlendedLatentDiffusionFluxPipeline": ".pipelines.flux",
     "BlendedLatentDiffusionPipelineOutput": ".pipelines.blended",
 }
 

@@ -12,12 +12,15 @@ import torch
 from .hub import local_files_only
 from .image_io import InputError
 from .model_defaults import BUNDLED_MODEL_DIR, TINY_RANDOM, default_model  # noqa: F401 - re-exported
+from .pipelines.flux import BlendedLatentDiffusionFluxPipeline
 from .pipelines.latent_diffusion import BlendedLatentDiffusionLDMPipeline
 from .pipelines.schedulers import make_scheduler
 from .pipelines.stable_diffusion import BlendedLatentDiffusionPipeline
+from .pipelines.stable_diffusion_3 import BlendedLatentDiffusionSD3Pipeline
 from .pipelines.stable_diffusion_xl import BlendedLatentDiffusionXLPipeline
 
-Pipeline = BlendedLatentDiffusionPipeline | BlendedLatentDiffusionXLPipeline | BlendedLatentDiffusionLDMPipeline
+Pipeline = (BlendedLatentDiffusionPipeline | BlendedLatentDiffusionXLPipeline | BlendedLatentDiffusionLDMPipeline
+            | BlendedLatentDiffusionSD3Pipeline | BlendedLatentDiffusionFluxPipeline)
 
 
 def load_scorer(clip_model: str | None, model: str, device: torch.device):
@@ -54,10 +57,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto' -> float16 on CUDA, float32 elsewhere."""
+def resolve_dtype(name: str, device: torch.device, flow: bool = False) -> torch.dtype:
+    """'auto' -> float16 on CUDA (bfloat16 for the flow-matching families, SD3 and FLUX.1, whose activations
+    overflow float16), float32 elsewhere."""
     if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if flow else torch.float16
     dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if name not in dtypes:
         raise InputError(f"unknown dtype {name!r}: use auto, {', '.join(dtypes)}")
@@ -71,15 +77,25 @@ def local_only_for(model: str) -> bool:
 
 
 def pipeline_class_for(model: str, local_only: bool | None = None) -> type[Pipeline]:
-    """The SD, SDXL or LDM pipeline class, from the model's model_index.json (a local folder or the Hub)."""
+    """The family's pipeline class, from the model's model_index.json (a local folder or the Hub)."""
     return pipeline_class_of(model_index(model, local_only))
 
 
 def pipeline_class_of(index: dict) -> type[Pipeline]:
-    """The family of a model_index.json: LDM (an LDMBert text encoder), SDXL (a second text encoder) or SD."""
-    if "bert" in index or "LDM" in str(index.get("_class_name", "")):
+    """The family of a model_index.json: FLUX.1 or SD3 (a transformer, told apart by its class), LDM (an
+    LDMBert text encoder), SDXL (a second text encoder) or SD."""
+    name = str(index.get("_class_name", ""))
+    transformer = str((index.get("transformer") or [None, ""])[1])
+    if "Flux" in name or transformer.startswith("Flux"):
+        return BlendedLatentDiffusionFluxPipeline
+    if "StableDiffusion3" in name or transformer.startswith("SD3") or "text_encoder_3" in index:
+        return BlendedLatentDiffusionSD3Pipeline
+    if "transformer" in index:
+        raise InputError(f"model {name or 'folder'} has a transformer of class {transformer or 'unknown'}: bld edits "
+                         f"with SD 1.x/2.x, SDXL, SD3/3.5, FLUX.1 and LDM text-to-image models")
+    if "bert" in index or "LDM" in name:
         return BlendedLatentDiffusionLDMPipeline
-    is_xl = "text_encoder_2" in index or "XL" in str(index.get("_class_name", ""))
+    is_xl = "text_encoder_2" in index or "XL" in name
     return BlendedLatentDiffusionXLPipeline if is_xl else BlendedLatentDiffusionPipeline
 
 
@@ -133,20 +149,29 @@ def load_vae(model: str | None = None, *, device: str = "auto"):
     return vae.eval().to(torch_device)
 
 
+FLOW_FAMILIES = (BlendedLatentDiffusionSD3Pipeline, BlendedLatentDiffusionFluxPipeline)
+
+
 def load_pipeline(model: str | None = None, *, device: str = "auto", dtype: str = "auto",
-                  scheduler: str = "ddim", compile: bool = False, channels_last: bool = False) -> Pipeline:
+                  scheduler: str = "ddim", compile: bool = False, channels_last: bool = False,
+                  cpu_offload: bool = False) -> Pipeline:
     """Load `model` (None: the default model) on `device` in `dtype` with the named scheduler; optionally
-    with the GPU options of `speed_up`."""
+    with the GPU options of `speed_up`. cpu_offload: keep every model on the CPU and move each to the GPU
+    only while it runs (diffusers' model CPU offload), for models larger than the GPU's memory."""
     model = model or default_model()
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    if cpu_offload and torch_device.type != "cuda":
+        raise InputError("--cpu-offload moves each model to the GPU while it runs: it needs a CUDA device "
+                         "(--device cuda)")
     if model == TINY_RANDOM:
         from .testing.tiny_models import tiny_sd_components
 
+        torch_dtype = resolve_dtype(dtype, torch_device)
         pipe = BlendedLatentDiffusionPipeline(**tiny_sd_components(tokenizer_dir=tempfile.mkdtemp(prefix="bld-")))
     else:
         local_only = local_only_for(model)
         cls = pipeline_class_for(model, local_only)
+        torch_dtype = resolve_dtype(dtype, torch_device, flow=issubclass(cls, FLOW_FAMILIES))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -155,20 +180,26 @@ def load_pipeline(model: str | None = None, *, device: str = "auto", dtype: str 
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise InputError(f"cannot load model {model!r}: {reason[:200]}") from None
     pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)
-    if pipe.unet.dtype != torch_dtype:
+    if pipe.denoiser.dtype != torch_dtype:
         pipe = pipe.to(dtype=torch_dtype)
-    return speed_up(pipe.to(torch_device), compile=compile, channels_last=channels_last)
+    if cpu_offload:
+        pipe.enable_model_cpu_offload(device=torch_device)
+    else:
+        pipe = pipe.to(torch_device)
+    return speed_up(pipe, compile=compile, channels_last=channels_last)
 
 
 def speed_up(pipe: Pipeline, *, compile: bool = False, channels_last: bool = False) -> Pipeline:
     """GPU options that leave results as they are (up to float rounding): channels-last memory for the UNet
-    and VAE, and torch.compile of the UNet. A compiled UNet compiles once per latent shape it meets (the
-    first edit at a new size takes its compile time), so it pays off for many edits at the same size."""
+    and VAE, and torch.compile of the UNet (the transformer for SD3 and FLUX). A compiled network compiles
+    once per latent shape it meets (the first edit at a new size takes its compile time), so it pays off
+    for many edits at the same size."""
+    name = "transformer" if isinstance(pipe, FLOW_FAMILIES) else "unet"
     if channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.denoiser.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
-    if compile and not isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule):
-        pipe.unet = torch.compile(pipe.unet)
+    if compile and not isinstance(pipe.denoiser, torch._dynamo.eval_frame.OptimizedModule):
+        setattr(pipe, name, torch.compile(pipe.denoiser))
     return pipe
 
 

@@ -79,16 +79,20 @@ def params_from_args(args: argparse.Namespace, model_defaults: dict | None = Non
 
 def add_runtime_flags(parser: argparse.ArgumentParser, gpu_options: bool = True, outputs: bool = True) -> None:
     parser.add_argument("--model", default=None,
-                        help="diffusers model folder or Hugging Face Hub id (SD 1.x/2.x or SDXL). Default: the "
+                        help="diffusers model folder or Hugging Face Hub id (SD 1.x/2.x, SDXL, SD3/3.5, FLUX.1 or "
+                             "LDM text-to-image; the family is read from its model_index.json). Default: the "
                              "bundled model, which draws a 64 px world of colored shapes (README, 'The bundled "
                              "model'); 'tiny-random' builds random components in code, for trying the tool.")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 elsewhere), float32, "
-                                                        "float16, bfloat16")
+    parser.add_argument("--dtype", default="auto", help="auto (on CUDA float16, bfloat16 for SD3 and FLUX; float32 "
+                                                        "elsewhere), float32, float16, bfloat16")
     if gpu_options:
         parser.add_argument("--compile", action="store_true",
                             help="torch.compile the UNet (GPU: faster after a first edit that compiles, per size)")
         parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (GPU)")
+        parser.add_argument("--cpu-offload", action="store_true",
+                            help="keep the models in CPU memory and move each to the GPU only while it runs: "
+                                 "slower, but FLUX.1-dev in bfloat16 then fits a 24 GB GPU")
     parser.add_argument("--clip-model", default=None,
                         help="CLIP model (transformers folder or Hub id, e.g. openai/clip-vit-base-patch16) that "
                              "ranks the results; default: the bundled model's")
@@ -375,7 +379,7 @@ def load_for_args(args, params: EditParams):
     model = args.model or default_model()
     quiet_loading(args)
     pipe = load_pipeline(model, device=args.device, dtype=args.dtype, scheduler=params.scheduler,
-                         compile=args.compile, channels_last=args.channels_last)
+                         compile=args.compile, channels_last=args.channels_last, cpu_offload=args.cpu_offload)
     pipe.set_progress_bar_config(file=sys.stderr, leave=False)
     scorer = load_scorer(args.clip_model, model, pipe.device) if params.rank else None
     if params.rank and scorer is None:
@@ -561,7 +565,7 @@ def run_serve_command(args: argparse.Namespace) -> dict:
     quiet_loading(args)
     serve(model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, clip_model=args.clip_model,
           max_pixels=max_pixels(args),
-          compile=args.compile, channels_last=args.channels_last,
+          compile=args.compile, channels_last=args.channels_last, cpu_offload=args.cpu_offload,
           on_ready=lambda url: notice(f"serving on {url} (Ctrl-C to stop)"))
     return {"outputs": [], "model": model}
 

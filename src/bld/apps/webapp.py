@@ -786,7 +786,7 @@ def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int | None
           dtype: str = "auto", clip_model: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
           max_pixels: int = MAX_PIXELS,
           block: bool = True, on_ready: Callable[[str], None] | None = None, compile: bool = False,
-          channels_last: bool = False):
+          channels_last: bool = False, cpu_offload: bool = False):
     """Load the model once (default: the bundled one) and serve the page until Ctrl-C or SIGTERM. Uploads,
     results and Gradio's cache live in one temporary folder owned by this process (GRADIO_TEMP_DIR), deleted
     on exit; nothing else on disk is served. block=False returns the launched gr.Blocks at once; closing it
@@ -801,7 +801,7 @@ def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int | None
 
     model = model or default_model()
     pipe = load_pipeline(model, device=device, dtype=dtype, scheduler="model", compile=compile,
-                         channels_last=channels_last)
+                         channels_last=channels_last, cpu_offload=cpu_offload)
     pipe.set_progress_bar_config(disable=True)
     scorer = load_scorer(clip_model, model, pipe.device)
     editor = WebEditor(pipe, scorer, model, root / "results", max_pixels=max_pixels)

@@ -1,4 +1,8 @@
-"""What the SD and SDXL blended pipelines share: input preparation, the source latent and the blended loop."""
+"""What every blended pipeline shares: input preparation, the source latent and the blended loop.
+
+The loop reaches the sampler through a few hooks (noised_source, scale_model_input, blended_timesteps,
+size_multiple, denoiser) that the DDPM-family pipelines (SD, SDXL, LDM) take from here and the
+flow-matching ones (SD3, FLUX.1; bld.pipelines.flow_matching) override."""
 
 from __future__ import annotations
 
@@ -202,7 +206,7 @@ def _step_kwargs(scheduler, index: int) -> dict:
 
 
 class BlendedLatentMixin:
-    """Blended Latent Diffusion steps shared by the SD and SDXL pipelines (PAPER.md section 1)."""
+    """Blended Latent Diffusion steps shared by every family's pipeline (PAPER.md section 1)."""
 
     default_guidance_scale: float = 7.5
     min_side: int = 4  # in latent cells
@@ -211,6 +215,26 @@ class BlendedLatentMixin:
     def mask_processor(self) -> VaeImageProcessor:
         return VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False,
                                  do_binarize=True, do_convert_grayscale=True)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network the loop calls at every step: the UNet here, the transformer for SD3 and FLUX."""
+        return self.unet
+
+    @property
+    def size_multiple(self) -> int:
+        """Sides the model works at are multiples of this, in pixels: the VAE factor (times the
+        transformer's patch size for SD3 and FLUX)."""
+        return self.vae_scale_factor
+
+    def noised_source(self, z0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                      index: int) -> torch.Tensor:
+        """The source latent noised to the level of timesteps[index]: sqrt(a) z0 + sqrt(1 - a) eps."""
+        return self.scheduler.add_noise(z0, noise, timesteps[index:index + 1])
+
+    def scale_model_input(self, model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The sampler's input scaling (Euler's 1 / sqrt(sigma^2 + 1); none for DDIM)."""
+        return self.scheduler.scale_model_input(model_input, t)
 
     @property
     def native_size(self) -> int:
@@ -270,8 +294,8 @@ class BlendedLatentMixin:
             raise ValueError("both image and mask_image are required")
         for name in ("height", "width"):
             value = getattr(params, name)
-            if value is not None and value % self.vae_scale_factor:
-                raise ValueError(f"{name}={value} must be a multiple of {self.vae_scale_factor} for this model")
+            if value is not None and value % self.size_multiple:
+                raise ValueError(f"{name}={value} must be a multiple of {self.size_multiple} for this model")
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"got {len(generator)} generators for {batch_size} results: pass one generator "
                              f"or one per result (num_images_per_prompt={params.num_images})")
@@ -356,9 +380,9 @@ class BlendedLatentMixin:
                            sizes or buckets(self.native_size, self.bucket_step))
         if (params.width is None) != (params.height is None):  # one side given: the other follows the box
             crops = [Crop(c.box, params.width or snap(round(params.height * c.box_size[0] / c.box_size[1]),
-                                                      self.vae_scale_factor),
+                                                      self.size_multiple),
                           params.height or snap(round(params.width * c.box_size[1] / c.box_size[0]),
-                                                self.vae_scale_factor)) for c in crops]
+                                                self.size_multiple)) for c in crops]
         if len(crops) == 1 and crops[0].covers(w0, h0):
             return EditPlan([self.prepare_image_and_mask(image, mask_image, crops[0].height, crops[0].width,
                                                          params.invert_mask, soft=soft)], crops)
@@ -418,23 +442,24 @@ class BlendedLatentMixin:
         image, mask_image = to_unit_range(image), to_unit_range(mask_image)
         h0, w0 = image_size(image)
         check_mask_aspect(image_size(mask_image), (h0, w0))
-        factor = self.vae_scale_factor
+        factor = self.size_multiple
         if height is None and width is not None:
             height = snap(round(h0 * width / w0), factor)
         if width is None and height is not None:
             width = snap(round(w0 * height / h0), factor)
         height = height or snap(h0, factor)
         width = width or snap(w0, factor)
-        if min(height, width) < self.min_side * factor:
-            raise ValueError(f"image is {w0}x{h0}: each side must be at least {self.min_side * factor} pixels "
-                             f"for this model")
+        smallest = self.min_side * self.vae_scale_factor
+        if min(height, width) < smallest:
+            raise ValueError(f"image is {w0}x{h0}: each side must be at least {smallest} pixels for this model")
         pixels = self.image_processor.preprocess(image, height=height, width=width).to(torch.float32)
         if pixels.shape[0] != 1 or pixels.shape[1] != 3:
             raise ValueError(f"expected one RGB image, got a batch of shape {tuple(pixels.shape)}")
         strength = source_strength = None
         if soft:
-            strength = VaeImageProcessor(vae_scale_factor=factor, do_normalize=False, do_binarize=False,
-                                         do_convert_grayscale=True).preprocess(mask_image, height=height, width=width)
+            gray = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_binarize=False,
+                                     do_convert_grayscale=True)
+            strength = gray.preprocess(mask_image, height=height, width=width)
             strength = strength.to(torch.float32).clamp(0, 1)
             mask = (strength > 0).float()
         else:
@@ -516,7 +541,7 @@ class BlendedLatentMixin:
             guided = self._guidance_scale > 1.0
             cond = {name: _rows(value, batch, guided) for name, value in conditioning.items()}
             model_input = torch.cat([latents] * 2) if guided else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
+            model_input = self.scale_model_input(model_input, t)
             noise_pred = unet_call(model_input, t, cond)
             if guided:
                 uncond, text = noise_pred.chunk(2)
@@ -552,8 +577,10 @@ class BlendedLatentMixin:
         return F.interpolate(piece, size=(prepared.height, prepared.width),
                              mode="bilinear" if layout.soft else "nearest")
 
-    def blended_timesteps(self, num_inference_steps: int, skip_fraction: float, device) -> torch.Tensor:
-        """The schedule's timesteps after skipping the first `skip_fraction` of it."""
+    def blended_timesteps(self, num_inference_steps: int, skip_fraction: float, device,
+                          latent_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The schedule's timesteps after skipping the first `skip_fraction` of it. latent_size (h, w): the
+        piece's latent size, for the schedules that shift with it (FLUX.1's)."""
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         skipped = num_skipped_steps(num_inference_steps, skip_fraction)
         timesteps = self.scheduler.timesteps
@@ -591,7 +618,7 @@ class BlendedLatentMixin:
         callback_tensors = {} if callback_tensors is None else callback_tensors
         masks = shrinking_masks(mask, mask_dilation_iterations)
         noise = draw_noise()
-        latents = self.scheduler.add_noise(z0, noise, timesteps[:1])
+        latents = self.noised_source(z0, noise, timesteps, 0)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
         self._interrupt = False
         self._num_timesteps = len(timesteps)
@@ -608,7 +635,7 @@ class BlendedLatentMixin:
                 else:
                     if fresh_noise:
                         noise = draw_noise()
-                    background = self.scheduler.add_noise(z0, noise, timesteps[i + 1:i + 2])
+                    background = self.noised_source(z0, noise, timesteps, i + 1)
                 phase = phase_of_step(i, len(timesteps), len(masks))
                 if step_masks is None:
                     step_mask = masks[phase]
@@ -651,7 +678,8 @@ class BlendedLatentMixin:
             # 4. Source latent z0 = E(x) and the latent mask at the latent resolution
             z0, mask = self.source_latent_and_mask(prepared, batch_size, params.latent_mask_mode, device, dtype)
             # 5. The schedule after skipping its first skip_fraction
-            timesteps = self.blended_timesteps(params.num_inference_steps, params.skip_fraction, device)
+            timesteps = self.blended_timesteps(params.num_inference_steps, params.skip_fraction, device,
+                                               latent_size=tuple(z0.shape[-2:]))
             step_masks = None
             strength = self.schedule_strength(prepared, crop, layout)
             if strength is not None:  # a soft mask or a weaker region: each step edits the pixels strong enough for it
