@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import PIL.ImageFilter
 import pytest
 import torch
 from conftest import gen, make_image, make_mask
@@ -178,20 +179,24 @@ def test_the_family_comes_from_model_index_json(tmp_path, sd3_pipe, flux_pipe):
                                                   if not k.startswith("_")}
 
 
-def test_bld_edit_runs_a_saved_flux_folder_and_refuses_a_noise_sampler(tmp_path, flux_pipe):
+def test_bld_edit_runs_a_saved_flux_folder_and_refuses_a_noise_sampler(tmp_path, flux_pipe, monkeypatch, capsys):
+    from bld.apps.cli import main
+
     flux_pipe.save_pretrained(tmp_path / "flux")
     make_image().save(tmp_path / "image.png")
     make_mask().save(tmp_path / "mask.png")
-    command = [sys.executable, "-m", "bld", "edit", "image.png", "mask.png", "a red star", "--model", "flux",
-               "--steps", "3", "--num-results", "2", "--seed", "4", "--device", "cpu", "--json"]
-    done = subprocess.run(command + ["-o", "out.png"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    command = ["edit", "image.png", "mask.png", "a red star", "--model", "flux", "--steps", "3", "--num-results", "2",
+               "--seed", "4", "--device", "cpu", "--json"]
+    done = subprocess.run([sys.executable, "-m", "bld", *command, "-o", "out.png"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     outputs = json.loads(done.stdout)["outputs"]
     assert len(outputs) == 2 and all((tmp_path / o["path"]).is_file() for o in outputs)
-    refused = subprocess.run(command + ["-o", "other.png", "--scheduler", "dpm++"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=300)
-    assert refused.returncode != 0 and "flow-matching Euler" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "other.png").exists()
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main([*command, "-o", "other.png", "--scheduler", "dpm++"]) != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bld: error:")]
+    assert len(errors) == 1 and "flow-matching Euler" in errors[0] and not (tmp_path / "other.png").exists()
 
 
 def test_two_regions_in_one_flow_edit(flow_pipe, image):
@@ -231,3 +236,19 @@ def test_the_real_architectures_at_reduced_depth(family, tmp_path):
     prepared = pipe.prepare_image_and_mask(image, mask, None, None, False)
     outside = latent_mask(prepared.mask, (16, 16), "any").expand_as(latents) == 0
     assert torch.equal(latents[outside], pipe.encode_source(prepared.image)[outside])
+
+
+@pytest.mark.parametrize("reconstruction", ["pixel", "poisson", "latent", "decoder"])
+def test_every_reconstruction_and_ranking_on_the_16_channel_vae(flow_pipe, image, mask, tmp_path, reconstruction):
+    from bld.editing import run_edit
+    from bld.params import EditParams
+    from bld.testing.tiny_clip import tiny_clip
+
+    params = EditParams(prompt="a red star", num_inference_steps=3, num_images=2, seed=1,
+                        reconstruction=reconstruction, reconstruction_steps=2, soft_mask=True, mask_blur=3)
+    results = run_edit(flow_pipe, image, mask, params, tiny_clip(tmp_path / "clip"))
+    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+    far = np.asarray(mask.filter(PIL.ImageFilter.MaxFilter(9))) == 0  # beyond the blur: the input's pixels
+    for result in results:
+        assert np.array_equal(np.asarray(result.image)[far], np.asarray(image)[far])
+        assert result.metrics["background_psnr"] > 20
