@@ -252,3 +252,20 @@ def test_every_reconstruction_and_ranking_on_the_16_channel_vae(flow_pipe, image
     for result in results:
         assert np.array_equal(np.asarray(result.image)[far], np.asarray(image)[far])
         assert result.metrics["background_psnr"] > 20
+
+
+def test_the_web_app_edits_with_a_flow_model(flux_pipe, tmp_path):
+    from bld.apps.webapp import WebEditor, editor_value
+
+    editor = WebEditor(flux_pipe, None, model="tiny-flux", results_dir=tmp_path / "results")
+    image, mask = make_image(), make_mask()
+    layer = np.zeros((64, 64, 4), np.uint8)
+    layer[np.asarray(mask) >= 128] = (255, 0, 255, 153)
+    outcome = editor.edit(image, editor_value(image, layer), "a red apple", "",
+                          {"num_inference_steps": 3.0, "num_images": 1.0, "seed": "2"})
+    assert outcome.ok, outcome.message
+    (path, _), = outcome.gallery
+    result, source = np.asarray(PIL.Image.open(path).convert("RGB")), np.asarray(image)
+    outside = np.asarray(mask) < 128
+    assert np.array_equal(result[outside], source[outside])
+    assert editor.pipe.scheduler is editor.base_scheduler
