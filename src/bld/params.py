@@ -81,7 +81,8 @@ class EditParams:
     num_inference_steps: int = _param(50, "Diffusion steps of the full schedule.", low=1, high=1000,
                                       flag="--steps")
     guidance_scale: float | None = _param(
-        None, "Classifier-free guidance scale; 1 turns guidance off. Default: 7.5 for SD, 5.0 for SDXL.",
+        None, "Classifier-free guidance scale; 1 turns guidance off. Default: 7.5 for SD, 5.0 for SDXL and LDM, "
+        "7.0 for SD3; for FLUX.1 the distilled guidance it takes as an input (3.5; one pass either way).",
         low=0.0, high=50.0, flag="--guidance")
     guidance_cutoff: float = _param(
         1.0, "Share of the kept steps that use guidance; the rest run the model once per result instead of twice "
