@@ -90,6 +90,32 @@ def test_the_edit_is_diffusers_inpaint_pipeline_where_the_two_should_agree(flow_
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_in_bfloat16_the_edit_is_bit_identical_to_diffusers_inpaint(family, tmp_path, image, mask, monkeypatch):
+    """bfloat16, as these models run on GPUs: the same agreement, to the bit (rounding in the same order)."""
+    from bld.testing.tiny_flow_models import tiny_flux_components, tiny_sd3_components
+
+    def posterior_mean(encoder_output, generator=None, sample_mode="sample"):
+        return encoder_output.latent_dist.mode()
+
+    sd3 = family == "sd3"
+    monkeypatch.setattr(pipeline_stable_diffusion_3_inpaint if sd3 else pipeline_flux_inpaint, "retrieve_latents",
+                        posterior_mean)
+    cls = BlendedLatentDiffusionSD3Pipeline if sd3 else BlendedLatentDiffusionFluxPipeline
+    pipe = cls(**(tiny_sd3_components if sd3 else tiny_flux_components)(tokenizer_dir=tmp_path))
+    pipe = pipe.to(dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    ours = pipe("a red star", image, mask, num_inference_steps=4, skip_fraction=0.25, guidance_scale=4.0,
+                latent_mask_mode="top-left", crop="off", generator=gen(3), output_type="latent").images
+    reference = (StableDiffusion3InpaintPipeline if sd3 else FluxInpaintPipeline)(**pipe.components)
+    reference.set_progress_bar_config(disable=True)
+    theirs = reference("a red star", image=image, mask_image=mask, height=64, width=64, strength=0.75,
+                       num_inference_steps=4, guidance_scale=4.0, generator=gen(3), output_type="latent").images
+    if not sd3:
+        theirs = reference._unpack_latents(theirs, 64, 64, reference.vae_scale_factor)
+    assert ours.dtype == theirs.dtype == torch.bfloat16 and torch.equal(ours, theirs)
+
+
 def test_a_transformer_that_knows_the_answer_is_followed_exactly(flow_pipe):
     """An oracle velocity toward a known clean latent (eps - z* = (x - z*) / sigma) must end at z* inside the
     mask, however the schedule is shifted and skipped, and at the source outside it."""

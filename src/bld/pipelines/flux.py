@@ -159,7 +159,8 @@ class BlendedLatentDiffusionFluxPipeline(FlowMatchingMixin, FluxPipeline):
             guidance = None
             if self.transformer.config.guidance_embeds:
                 guidance = torch.full((batch,), guidance_scale, device=model_input.device, dtype=torch.float32)
-            velocity = self.transformer(hidden_states=tokens, timestep=(t.expand(batch) / 1000).to(model_input.dtype),
+            timestep = t.expand(batch).to(model_input.dtype) / 1000  # in this order, as diffusers rounds it
+            velocity = self.transformer(hidden_states=tokens, timestep=timestep,
                                         guidance=guidance, pooled_projections=cond["pooled_prompt_embeds"],
                                         encoder_hidden_states=cond["prompt_embeds"], txt_ids=text_ids,
                                         img_ids=image_ids, joint_attention_kwargs=joint_attention_kwargs,
