@@ -336,3 +336,13 @@ def test_bad_flags_fail_in_one_line(tmp_path, argv, message):
 def test_a_missing_manifest_fails_in_one_line(tmp_path):
     result = subprocess.run(bld_batch(tmp_path), capture_output=True, text=True)
     assert result.returncode == 2 and "manifest" in result.stderr and "does not exist" in result.stderr
+
+
+def test_cpu_offload_reaches_the_workers_and_needs_a_gpu():
+    from bld.apps.cli import build_parser
+    from bld.image_io import InputError
+
+    args = build_parser().parse_args(["batch", "m.jsonl", "-o", "out", "--cpu-offload"])
+    assert args.cpu_offload is True
+    with pytest.raises(InputError, match="--cpu-offload moves each model to the GPU while it runs"):
+        RowEditor(WorkerConfig("tiny-random", device="cpu", cpu_offload=True))

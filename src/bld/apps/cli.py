@@ -222,6 +222,9 @@ def add_batch_parser(sub) -> None:
     batch.add_argument("--gpus-per-worker", type=float, default=None, metavar="X",
                        help="GPUs of each worker; below 1 shares a GPU between workers (small models)")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    batch.add_argument("--cpu-offload", action="store_true",
+                       help="each worker keeps the models in CPU memory and moves each to its GPU only while it "
+                            "runs (models larger than one GPU, e.g. FLUX.1-dev on 24 GB)")
     add_param_flags(batch)
     add_runtime_flags(batch, gpu_options=False)
     add_size_limit_flag(batch)
@@ -299,7 +302,8 @@ def run_batch_command(args: argparse.Namespace) -> dict:
     summary = run_manifest(args.manifest, args.output, model=args.model, defaults=defaults, address=args.address,
                            workers=args.workers, gpus_per_worker=args.gpus_per_worker, device=args.device,
                            dtype=args.dtype, clip_model=args.clip_model, max_pixels=max_pixels(args),
-                           overwrite=args.overwrite, progress=not args.no_progress, verbose=args.verbose)
+                           overwrite=args.overwrite, progress=not args.no_progress, verbose=args.verbose,
+                           cpu_offload=args.cpu_offload)
     for error in summary.errors[:10]:
         notice(f"row {error['id']} (line {error['line']}): {error['error']}")
     if len(summary.errors) > 10:

@@ -58,7 +58,8 @@ def run_batch(rows: Iterable[Mapping[str, Any]], output: str | Path, *, base_dir
 
     Options: model (folder, Hub id; default the bundled model), defaults (EditParams values for every row,
     under each row's own), address (a Ray cluster: 'auto', 'ray://host:port'; default a local Ray on this
-    machine), workers, gpus_per_worker, device, dtype, clip_model, max_pixels, overwrite, progress.
+    machine), workers, gpus_per_worker, device, dtype, cpu_offload, clip_model, max_pixels, overwrite,
+    progress.
     Rows already done in `output` are skipped; see bld.batch.ledger.
     """
     return _run(((k + 1, dict(row)) for k, row in enumerate(rows)), output, base_dir=base_dir, **options)
@@ -67,7 +68,8 @@ def run_batch(rows: Iterable[Mapping[str, Any]], output: str | Path, *, base_dir
 def _run(rows, output, *, base_dir, model: str | None = None, defaults: Mapping[str, Any] | None = None,
          address: str | None = None, workers: int | None = None, gpus_per_worker: float | None = None,
          device: str = "auto", dtype: str = "auto", clip_model: str | None = None, max_pixels: int | None = None,
-         overwrite: bool = False, progress: bool = True, verbose: bool = False) -> BatchSummary:
+         overwrite: bool = False, progress: bool = True, verbose: bool = False,
+         cpu_offload: bool = False) -> BatchSummary:
     from ..model_defaults import default_model, model_edit_defaults
 
     start = time.perf_counter()
@@ -77,7 +79,7 @@ def _run(rows, output, *, base_dir, model: str | None = None, defaults: Mapping[
     tasks, done_before = plan_rows(resolved, ledger, model, overwrite)
     count = 0
     if tasks:
-        config = WorkerConfig(model, device, dtype, clip_model, max_pixels)
+        config = WorkerConfig(model, device, dtype, clip_model, max_pixels, cpu_offload=cpu_offload)
         count = run_on_ray(tasks, ledger, config, address=address, workers=workers,
                            gpus_per_worker=gpus_per_worker, progress=progress, verbose=verbose)
     ledger.compact([row.id for row in resolved])

@@ -31,6 +31,7 @@ class WorkerConfig:
     clip_model: str | None = None
     max_pixels: int | None = None
     threads: int | None = None  # torch CPU threads (None: torch's choice)
+    cpu_offload: bool = False  # each model on the worker's GPU only while it runs (bld.loading.load_pipeline)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class RowEditor:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.config = config
-        self.pipe = load_pipeline(config.model, device=config.device, dtype=config.dtype, scheduler="model")
+        self.pipe = load_pipeline(config.model, device=config.device, dtype=config.dtype, scheduler="model",
+                                  cpu_offload=config.cpu_offload)
         self.pipe.set_progress_bar_config(disable=True)
         self.model_scheduler = self.pipe.scheduler
         self.scorer = load_scorer(config.clip_model, config.model, self.pipe.device)
