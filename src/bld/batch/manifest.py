@@ -2,9 +2,9 @@
 
 A row is a JSON object (JSON Lines) or a CSV record with `image`, `mask`, `prompt`, an optional `id` and any
 EditParams field; in JSON Lines `regions` lists further regions, each {"mask", "prompt", and optionally
-"negative_prompt" and "strength"}. Paths are relative to the manifest's folder. Every row becomes a `BatchRow`: an edit that
-is ready to run (its parameters resolved and valid, its files present) or one that is not, with the reason
-in one line. A bad row never stops the others.
+"negative_prompt" and "strength"}. Paths are relative to the manifest's folder. Every row becomes a
+`BatchRow`: an edit that is ready to run (its parameters resolved and valid, its files present) or one that
+is not, with the reason in one line. A bad row never stops the others.
 """
 
 from __future__ import annotations
