@@ -252,6 +252,7 @@ def end_session(process) -> None:
         pass
 
 
+@pytest.mark.slow
 def test_a_job_edits_every_good_row_records_the_bad_ones_and_retries_only_those_when_rerun(tmp_path):
     rows = write_inputs(tmp_path, 20)
     rows[3]["mask"] = "missing.png"  # found before any model loads
@@ -279,6 +280,7 @@ def test_a_job_edits_every_good_row_records_the_bad_ones_and_retries_only_those_
     assert len(records(tmp_path)) == 20
 
 
+@pytest.mark.slow
 def test_a_job_whose_driver_is_killed_finishes_every_row_once_when_rerun_then_reruns_as_a_no_op(tmp_path):
     write_manifest(tmp_path, [{**row, "num_inference_steps": 12} for row in write_inputs(tmp_path, 20)])
     process = start(tmp_path)
@@ -305,6 +307,7 @@ def test_a_job_whose_driver_is_killed_finishes_every_row_once_when_rerun_then_re
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "out").iterdir()} == before
 
 
+@pytest.mark.slow
 def test_a_job_whose_worker_is_killed_retries_its_rows_and_loses_none(tmp_path):
     write_manifest(tmp_path, [{**row, "num_inference_steps": 12} for row in write_inputs(tmp_path, 20)])
     process = start(tmp_path)

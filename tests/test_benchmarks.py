@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -30,6 +32,7 @@ def test_crop_and_stitch_benchmark_runs_tiny_on_the_cpu(capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith('{"benchmark": "crop_and_stitch"')
 
 
+@pytest.mark.slow
 def test_batch_benchmark_runs_tiny_on_the_cpu(capsys):
     result = load("bench_batch").main(["--tiny", "--rows", "1", "--steps", "2", "--workers", "1"])
     assert set(result["seconds"]) == {"processes", "single", "batch_w1"}

@@ -276,6 +276,7 @@ SMALL = ["--tasks", "3", "--thin-tasks", "2", "--region-tasks", "2", "--seam-tas
          "--reconstruction-steps", "2", "--examples", "1", "--num-results", "2", "--no-progress", "--threads", "1"]
 
 
+@pytest.mark.slow
 def test_quick_run_writes_the_report(tmp_path, capsys):
     before = torch.get_num_threads()
     out = tmp_path / "report"
@@ -337,6 +338,7 @@ def test_eval_rejects_bad_sizes(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_the_outpaint_fill_and_soft_seam_measurements_run_and_report_every_row(capsys):
     from bld.world.evaluation import outpaint_fill
 
