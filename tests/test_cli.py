@@ -1,5 +1,6 @@
 """The `bld` command: outputs, metadata, reproducible seeds, and one-line errors for bad input."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -469,16 +470,33 @@ def test_region_adds_a_region_with_its_own_prompt_scored_and_recorded(files, cap
         assert np.array_equal(result[~union], np.asarray(make_image())[~union])
 
 
+def test_a_region_takes_its_own_strength_and_negative_prompt(files, capsys):
+    folder, image, mask = files
+    make_mask(box=(44, 4, 60, 20)).save(folder / "moon.png")
+    code, out, err = run(capsys, "edit", image, mask, "a red star", "--region", folder / "moon.png", "a blue moon",
+                         "strength=0.5", "negative=clouds", "-o", folder / "r.png", *FAST, "--json")
+    assert code == 0, err
+    expected = [{"prompt": "a blue moon", "negative_prompt": "clouds", "strength": 0.5}]
+    assert json.loads(out)["params"]["regions"] == expected
+    params = params_from_metadata(read_png_metadata(json.loads(out)["outputs"][0]["path"]))
+    assert [dataclasses.asdict(r) for r in params.regions] == expected
+
+
 @pytest.mark.parametrize("case, pattern", [
     ("missing", "moon.png"),
     ("aspect", "'{folder}/moon.png' is 128x64 but image"),
     ("empty", "region mask '{folder}/moon.png': mask is empty"),
     ("invert", "--invert-mask does not apply to several regions"),
     ("covered", "region 1 is covered entirely by later regions"),
+    ("no prompt", "--region {folder}/moon.png: give --region MASK PROMPT"),
+    ("bad option", "--region {folder}/moon.png: 'size=3' is not strength=S or negative=TEXT"),
+    ("bad strength", "--region {folder}/moon.png: strength=1.5 must be a number in (0, 1]"),
 ])
 def test_a_bad_region_gets_one_line_naming_it_and_no_output(files, capsys, case, pattern):
     folder, image, mask = files
     moon, extra = folder / "moon.png", []
+    region = {"no prompt": [moon], "bad option": [moon, "a blue moon", "size=3"],
+              "bad strength": [moon, "a blue moon", "strength=1.5"]}.get(case, [moon, "a blue moon"])
     if case == "aspect":
         make_mask((128, 64), box=(4, 4, 40, 20)).save(moon)
     elif case == "empty":
@@ -489,7 +507,7 @@ def test_a_bad_region_gets_one_line_naming_it_and_no_output(files, capsys, case,
         make_mask(box=(44, 4, 60, 20)).save(moon)
     if case == "invert":
         extra = ["--invert-mask"]
-    code, _, err = run(capsys, "edit", image, mask, "a red star", "--region", moon, "a blue moon", "-o",
+    code, _, err = run(capsys, "edit", image, mask, "a red star", "--region", *region, "-o",
                        folder / "r.png", *FAST, *extra)
     assert_one_line_error(code, err, pattern.format(folder=folder))
     assert not list(folder.glob("r*.png"))

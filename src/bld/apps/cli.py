@@ -123,10 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("prompt", help="what the masked region should show")
     edit.add_argument("-o", "--output", required=True,
                       help="result PNG; with several results: NAME-1.png, NAME-2.png, ...")
-    edit.add_argument("--region", nargs=2, action="append", metavar=("MASK", "PROMPT"), default=None,
-                      help="one more region edited in the same pass, its mask (same aspect ratio as the image) and "
-                           "its own prompt; repeat for more. The positional MASK and PROMPT are the first region; "
-                           "where regions overlap, the later one wins")
+    edit.add_argument("--region", nargs="+", action="append", metavar="MASK PROMPT", default=None,
+                      help="one more region edited in the same pass: its mask (same aspect ratio as the image), its "
+                           "own prompt, then optionally strength=S (in (0, 1]: it joins for the last S of the kept "
+                           "steps) and negative=TEXT; repeat for more. The positional MASK and PROMPT are the first "
+                           "region; where regions overlap, the later one wins")
     add_param_flags(edit)
     add_runtime_flags(edit)
     add_size_limit_flag(edit)
@@ -440,14 +441,34 @@ def run_edit_command(args: argparse.Namespace) -> dict:
                              mask_name=args.mask)
     check_edit_size(image.size, params.crop, params.width, params.height)
     check_mask_region(mask, params.invert_mask, params.soft_mask)
-    region_masks = load_region_masks([path for path, _ in args.region or []], image, invert=params.invert_mask,
+    flags = [region_flag(values) for values in args.region or []]
+    region_masks = load_region_masks([path for path, _ in flags], image, invert=params.invert_mask,
                                      soft=params.soft_mask, max_pixels=limit)
     if region_masks:
-        params = dataclasses.replace(params, regions=tuple(Region(prompt) for _, prompt in args.region))
+        params = dataclasses.replace(params, regions=tuple(region for _, region in flags))
     check_model_source(args.model)
     if region_masks:
         check_region_layout(mask, region_masks, params, image.size)
     return edit_and_save(args, params, image, mask, paths, region_masks=region_masks)
+
+
+def region_flag(values: list[str]) -> tuple[str, Region]:
+    """(mask path, Region) from one --region MASK PROMPT [strength=S] [negative=TEXT]."""
+    usage = "give --region MASK PROMPT, then optionally strength=S and negative=TEXT"
+    if len(values) < 2:
+        raise InputError(f"--region {' '.join(values)}: {usage}")
+    path, prompt, *options = values
+    fields: dict = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or key not in ("strength", "negative") or key in fields:
+            raise InputError(f"--region {path}: {option!r} is not strength=S or negative=TEXT (once each); {usage}")
+        fields[key] = value
+    try:
+        strength = float(fields.get("strength", 1.0))
+        return path, Region(prompt, fields.get("negative"), strength)
+    except ValueError:
+        raise InputError(f"--region {path}: strength={fields['strength']} must be a number in (0, 1]") from None
 
 
 def check_region_layout(mask, region_masks: list, params: EditParams, size: tuple[int, int]) -> None:
