@@ -170,6 +170,19 @@ def _plms_from(scheduler: PNDMScheduler, skipped: int) -> torch.Tensor:
     return torch.cat([steps[:2], steps[1:]]) if len(steps) > 1 else steps
 
 
+EDIT_ARGUMENTS = ("num_inference_steps", "guidance_scale", "skip_fraction", "invert_mask", "height", "width",
+                  "crop", "crop_padding", "soft_mask", "mask_grow", "mask_blur", "latent_mask_mode",
+                  "mask_dilation_iterations", "background_noise", "reconstruction", "feather", "reconstruction_steps",
+                  "reconstruction_background_weight", "reconstruction_crop", "paste_outside", "guidance_cutoff",
+                  "regions")  # the __call__ arguments every family shares that are EditParams fields by the same name
+
+
+def call_settings(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The EditParams fields among a pipeline call's arguments (its `locals()` on entry): the shared ones by
+    their own names, and num_images_per_prompt as num_images."""
+    return {"num_images": arguments["num_images_per_prompt"], **{name: arguments[name] for name in EDIT_ARGUMENTS}}
+
+
 def callback_tensor_inputs(callback, names: list[str] | None) -> list[str]:
     """The tensors a step-end callback asks for: a diffusers PipelineCallback's own `tensor_inputs`, else
     `names`, else just the latents."""

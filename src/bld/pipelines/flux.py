@@ -16,7 +16,7 @@ import torch
 from diffusers import FluxPipeline
 
 from ..params import DEFAULTS, Region
-from .blended import callback_tensor_inputs, region_major
+from .blended import call_settings, callback_tensor_inputs, region_major
 from .flow_matching import FlowMatchingMixin
 from .stable_diffusion import ImageInput
 
@@ -92,15 +92,7 @@ class BlendedLatentDiffusionFluxPipeline(FlowMatchingMixin, FluxPipeline):
         """Edit the masked region of `image` to follow `prompt`; see BlendedLatentDiffusionPipeline.__call__.
         guidance_cutoff ends the true classifier-free guidance (the distilled guidance stays)."""
         tensor_inputs = callback_tensor_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
-        params, guidance_scale, batch_size = self.resolve_settings(
-            prompt, prompt_embeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            skip_fraction=skip_fraction, num_images=num_images_per_prompt, invert_mask=invert_mask,
-            height=height, width=width, latent_mask_mode=latent_mask_mode, background_noise=background_noise,
-            mask_dilation_iterations=mask_dilation_iterations, reconstruction=reconstruction, feather=feather,
-            reconstruction_steps=reconstruction_steps, reconstruction_crop=reconstruction_crop,
-            reconstruction_background_weight=reconstruction_background_weight, guidance_cutoff=guidance_cutoff,
-            paste_outside=paste_outside, crop=crop, crop_padding=crop_padding,
-            soft_mask=soft_mask, mask_grow=mask_grow, mask_blur=mask_blur, regions=regions)
+        params, guidance_scale, batch_size = self.resolve_settings(prompt, prompt_embeds, **call_settings(locals()))
         has_negative = negative_prompt is not None or negative_prompt_embeds is not None
         do_cfg = true_cfg_scale > 1.0 and has_negative
         device = self._execution_device
