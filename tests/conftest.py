@@ -21,39 +21,36 @@ from bld.testing.tiny_models import tiny_sd_components, tiny_sdxl_components
 SIZE = 64
 
 
-@pytest.fixture(scope="session")
-def sd_pipe(tmp_path_factory):
-    pipe = BlendedLatentDiffusionPipeline(**tiny_sd_components(tokenizer_dir=tmp_path_factory.mktemp("tok")))
+def tiny_pipe(cls, components, tmp_path_factory, folder: str):
+    """A pipeline of `cls` on tiny components (their tokenizer files in a fresh temp folder), no progress bars."""
+    pipe = cls(**components(tokenizer_dir=tmp_path_factory.mktemp(folder)))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def sd_pipe(tmp_path_factory):
+    return tiny_pipe(BlendedLatentDiffusionPipeline, tiny_sd_components, tmp_path_factory, "tok")
 
 
 @pytest.fixture(scope="session")
 def sdxl_pipe(tmp_path_factory):
-    pipe = BlendedLatentDiffusionXLPipeline(**tiny_sdxl_components(tokenizer_dir=tmp_path_factory.mktemp("tokxl")))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_pipe(BlendedLatentDiffusionXLPipeline, tiny_sdxl_components, tmp_path_factory, "tokxl")
 
 
 @pytest.fixture(scope="session")
 def ldm_pipe(tmp_path_factory):
-    pipe = BlendedLatentDiffusionLDMPipeline(**tiny_ldm_components(tokenizer_dir=tmp_path_factory.mktemp("bert")))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_pipe(BlendedLatentDiffusionLDMPipeline, tiny_ldm_components, tmp_path_factory, "bert")
 
 
 @pytest.fixture(scope="session")
 def sd3_pipe(tmp_path_factory):
-    pipe = BlendedLatentDiffusionSD3Pipeline(**tiny_sd3_components(tokenizer_dir=tmp_path_factory.mktemp("toksd3")))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_pipe(BlendedLatentDiffusionSD3Pipeline, tiny_sd3_components, tmp_path_factory, "toksd3")
 
 
 @pytest.fixture(scope="session")
 def flux_pipe(tmp_path_factory):
-    pipe = BlendedLatentDiffusionFluxPipeline(**tiny_flux_components(tokenizer_dir=tmp_path_factory.mktemp("tokflux")))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_pipe(BlendedLatentDiffusionFluxPipeline, tiny_flux_components, tmp_path_factory, "tokflux")
 
 
 @pytest.fixture(params=["sd", "sdxl"])

@@ -64,6 +64,28 @@ def test_with_nothing_kept_the_loop_is_diffusers_text_to_image(flow_pipe, steps)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+def ours_and_diffusers_inpaint(pipe, image, mask, monkeypatch, steps: int, skip: float, guidance: float):
+    """The edit's latents from `pipe` and from diffusers' inpaint pipeline of its family on the same modules,
+    diffusers' VAE sampling replaced by the posterior mean bld takes, bld's latent mask set to diffusers'
+    nearest-neighbour sampling ('top-left'); diffusers' strength is 1 - skip_fraction."""
+    def posterior_mean(encoder_output, generator=None, sample_mode="sample"):
+        return encoder_output.latent_dist.mode()
+
+    sd3 = isinstance(pipe, BlendedLatentDiffusionSD3Pipeline)
+    monkeypatch.setattr(pipeline_stable_diffusion_3_inpaint if sd3 else pipeline_flux_inpaint, "retrieve_latents",
+                        posterior_mean)
+    ours = pipe("a red star", image, mask, num_inference_steps=steps, skip_fraction=skip, guidance_scale=guidance,
+                latent_mask_mode="top-left", crop="off", generator=gen(3), output_type="latent").images
+    reference = (StableDiffusion3InpaintPipeline if sd3 else FluxInpaintPipeline)(**pipe.components)
+    reference.set_progress_bar_config(disable=True)
+    theirs = reference("a red star", image=image, mask_image=mask, height=64, width=64, strength=1 - skip,
+                       num_inference_steps=steps, guidance_scale=guidance, generator=gen(3),
+                       output_type="latent").images
+    if not sd3:
+        theirs = reference._unpack_latents(theirs, 64, 64, reference.vae_scale_factor)
+    return ours, theirs
+
+
 @pytest.mark.parametrize("steps,skip", [(4, 0.25), (8, 0.5)])
 def test_the_edit_is_diffusers_inpaint_pipeline_where_the_two_should_agree(flow_pipe, image, mask, monkeypatch,
                                                                            steps, skip):
@@ -71,22 +93,9 @@ def test_the_edit_is_diffusers_inpaint_pipeline_where_the_two_should_agree(flow_
     Diffusion does (source at the next sigma outside the mask, the clean source after the last step, one
     fixed noise). The intended differences are made equal here: diffusers samples the VAE posterior
     (bld takes its mean, so that the kept background is deterministic) and maps the mask to latent cells by
-    nearest-neighbour sampling (bld's latent_mask_mode 'top-left'); its strength is 1 - skip_fraction."""
-    def posterior_mean(encoder_output, generator=None, sample_mode="sample"):
-        return encoder_output.latent_dist.mode()
-
-    sd3 = isinstance(flow_pipe, BlendedLatentDiffusionSD3Pipeline)
-    module = pipeline_stable_diffusion_3_inpaint if sd3 else pipeline_flux_inpaint
-    monkeypatch.setattr(module, "retrieve_latents", posterior_mean)
-    guidance = 5.0 if sd3 else 3.5
-    ours = flow_pipe("a red star", image, mask, num_inference_steps=steps, skip_fraction=skip, guidance_scale=guidance,
-                     latent_mask_mode="top-left", crop="off", generator=gen(3), output_type="latent").images
-    reference = (StableDiffusion3InpaintPipeline if sd3 else FluxInpaintPipeline)(**flow_pipe.components)
-    theirs = reference("a red star", image=image, mask_image=mask, height=64, width=64, strength=1 - skip,
-                       num_inference_steps=steps, guidance_scale=guidance, generator=gen(3),
-                       output_type="latent").images
-    if not sd3:
-        theirs = reference._unpack_latents(theirs, 64, 64, reference.vae_scale_factor)
+    nearest-neighbour sampling (bld's latent_mask_mode 'top-left')."""
+    guidance = 5.0 if isinstance(flow_pipe, BlendedLatentDiffusionSD3Pipeline) else 3.5
+    ours, theirs = ours_and_diffusers_inpaint(flow_pipe, image, mask, monkeypatch, steps, skip, guidance)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
@@ -95,24 +104,11 @@ def test_in_bfloat16_the_edit_is_bit_identical_to_diffusers_inpaint(family, tmp_
     """bfloat16, as these models run on GPUs: the same agreement, to the bit (rounding in the same order)."""
     from bld.testing.tiny_flow_models import tiny_flux_components, tiny_sd3_components
 
-    def posterior_mean(encoder_output, generator=None, sample_mode="sample"):
-        return encoder_output.latent_dist.mode()
-
-    sd3 = family == "sd3"
-    monkeypatch.setattr(pipeline_stable_diffusion_3_inpaint if sd3 else pipeline_flux_inpaint, "retrieve_latents",
-                        posterior_mean)
-    cls = BlendedLatentDiffusionSD3Pipeline if sd3 else BlendedLatentDiffusionFluxPipeline
-    pipe = cls(**(tiny_sd3_components if sd3 else tiny_flux_components)(tokenizer_dir=tmp_path))
+    cls = BlendedLatentDiffusionSD3Pipeline if family == "sd3" else BlendedLatentDiffusionFluxPipeline
+    pipe = cls(**(tiny_sd3_components if family == "sd3" else tiny_flux_components)(tokenizer_dir=tmp_path))
     pipe = pipe.to(dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
-    ours = pipe("a red star", image, mask, num_inference_steps=4, skip_fraction=0.25, guidance_scale=4.0,
-                latent_mask_mode="top-left", crop="off", generator=gen(3), output_type="latent").images
-    reference = (StableDiffusion3InpaintPipeline if sd3 else FluxInpaintPipeline)(**pipe.components)
-    reference.set_progress_bar_config(disable=True)
-    theirs = reference("a red star", image=image, mask_image=mask, height=64, width=64, strength=0.75,
-                       num_inference_steps=4, guidance_scale=4.0, generator=gen(3), output_type="latent").images
-    if not sd3:
-        theirs = reference._unpack_latents(theirs, 64, 64, reference.vae_scale_factor)
+    ours, theirs = ours_and_diffusers_inpaint(pipe, image, mask, monkeypatch, 4, 0.25, 4.0)
     assert ours.dtype == theirs.dtype == torch.bfloat16 and torch.equal(ours, theirs)
 
 
